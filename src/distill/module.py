@@ -1,0 +1,292 @@
+"""DistillationModule: wires a frozen teacher, a trainable student and weighted losses.
+
+The module holds no loss math and no model code. Each training step:
+1. the student encodes both sides; ``S = a @ b.T`` (cosine similarities);
+2. per anchor (both directions) the top-K student-scored negatives are mined (positives masked);
+3. the teacher scores only those ``B x (1+K)`` pairs per direction (duplicates scored once);
+4. every loss term gets the same :class:`~distill.losses.LossInputs`; the module sums
+   ``weight * term`` and logs each term.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from distill.eval_buffer import RetrievalEvalBuffer, RetrievalSplit
+from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
+from distill.losses import DirectionScores, DistillationLoss, InfoNCE, LossInputs
+from distill.mining import Candidates, mine_hard_negatives, positive_mask_from_ids
+from distill.students import DualEncoder
+from distill.teachers import Teacher
+from distill.teachers.base import Inputs, select_rows
+
+TEACHER_PREFIX = "teacher."
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+
+class DistillationModule(L.LightningModule):
+    """Distils ``teacher`` into ``student`` with a weighted sum of ``losses``.
+
+    Args:
+        student: the trainable dual encoder.
+        teacher: a frozen cross-encoder; ``None`` trains the student alone (InfoNCE baseline).
+        losses: named loss terms (LightningCLI ``class_path`` entries); default ``{"infonce": InfoNCE()}``.
+        loss_weights: weight per loss name (default 1.0 each); names must match ``losses``.
+        num_hard_negatives: K, the student-mined negatives per anchor that the teacher scores.
+        optimizer / lr_scheduler: callables receiving the trainable parameters / the optimizer.
+        eval_ks: Recall cut-offs.
+        two_stage_k: at test time, also report the student's top-k re-ranked by the teacher (0: off).
+        evaluate_teacher: at test time, also report the teacher's own ranking (its ITC top
+            ``two_stage_k`` re-ranked by its score) when the teacher exposes embeddings.
+    """
+
+    def __init__(
+        self,
+        student: DualEncoder,
+        teacher: Teacher | None = None,
+        losses: dict[str, DistillationLoss] | None = None,
+        loss_weights: dict[str, float] | None = None,
+        num_hard_negatives: int = 8,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        eval_ks: tuple[int, ...] = DEFAULT_KS,
+        two_stage_k: int = 16,
+        evaluate_teacher: bool = False,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.freeze() if teacher is not None else None
+        self.losses = nn.ModuleDict(losses if losses is not None else {"infonce": InfoNCE()})
+        self.loss_weights = self._check_weights(dict(loss_weights or {}))
+        self._check_losses()
+        if num_hard_negatives < 1:
+            raise ValueError(f"model.num_hard_negatives must be >= 1, got {num_hard_negatives}")
+        self.num_hard_negatives = num_hard_negatives
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.eval_ks = tuple(eval_ks)
+        self.two_stage_k = two_stage_k
+        self.evaluate_teacher = evaluate_teacher
+        self._buffers: dict[str, RetrievalEvalBuffer] = {}
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ validation of the recipe
+    def _check_weights(self, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(self.losses))
+        if unknown:
+            raise ValueError(
+                f"model.loss_weights names {unknown}, which are not in model.losses {sorted(self.losses)}"
+            )
+        resolved = {name: float(weights.get(name, 1.0)) for name in self.losses}
+        for name, weight in resolved.items():
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"model.loss_weights.{name} must be a finite number >= 0, got {weight}")
+        return resolved
+
+    def _check_losses(self) -> None:
+        if not self.losses:
+            raise ValueError("model.losses is empty: add at least one loss (e.g. distill.losses.InfoNCE)")
+        for name, loss in self.losses.items():
+            if getattr(loss, "requires_teacher", False) and self.teacher is None:
+                raise ValueError(f"loss '{name}' ({type(loss).__name__}) needs a teacher, but model.teacher is not set")
+            if getattr(loss, "requires_teacher_embeddings", False) and not (
+                self.teacher is not None and self.teacher.has_embeddings
+            ):
+                raise ValueError(
+                    f"loss '{name}' ({type(loss).__name__}) needs teacher embeddings, but "
+                    f"{type(self.teacher).__name__} exposes none: remove it or use a teacher with embed_a/embed_b"
+                )
+
+    @property
+    def needs_teacher_scores(self) -> bool:
+        return any(getattr(loss, "requires_teacher", False) for loss in self.losses.values())
+
+    @property
+    def needs_teacher_embeddings(self) -> bool:
+        return any(getattr(loss, "requires_teacher_embeddings", False) for loss in self.losses.values())
+
+    # ------------------------------------------------------------------ teacher handling
+    def train(self, mode: bool = True) -> "DistillationModule":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the frozen teacher out of the checkpoint: only the student (and loss heads) train."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is not None:
+            state = checkpoint.setdefault("state_dict", {})
+            for key, value in self.teacher.state_dict().items():
+                state.setdefault(TEACHER_PREFIX + key, value)
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def teacher_candidate_scores(self, a: Inputs, b: Inputs, cand_a2b: Candidates,
+                                 cand_b2a: Candidates) -> tuple[Tensor, Tensor, int]:
+        """Teacher scores of the mined pairs: ``[B, 1+K]`` per direction, each distinct pair once."""
+        assert self.teacher is not None
+        rows = torch.arange(cand_a2b.index.shape[0], device=cand_a2b.index.device).unsqueeze(1)
+        a_index = torch.cat([rows.expand_as(cand_a2b.index).reshape(-1), cand_b2a.index.reshape(-1)])
+        b_index = torch.cat([cand_a2b.index.reshape(-1), rows.expand_as(cand_b2a.index).reshape(-1)])
+        width = int(b_index.max()) + 1
+        unique_pairs, inverse = torch.unique(a_index * width + b_index, return_inverse=True)
+        scores = self.teacher.score_pairs(a, b, unique_pairs // width, unique_pairs % width).float()
+        per_pair = scores[inverse]
+        split = cand_a2b.index.numel()
+        return (per_pair[:split].view_as(cand_a2b.index), per_pair[split:].view_as(cand_b2a.index),
+                unique_pairs.numel())
+
+    def build_loss_inputs(self, batch: Mapping[str, Any]) -> tuple[LossInputs, dict[str, float]]:
+        a, b = batch["a"], batch["b"]
+        emb_a = self.student.encode_a(a)
+        emb_b = self.student.encode_b(b)
+        similarity = emb_a @ emb_b.T
+        positives = positive_mask_from_ids(batch["a_id"], batch["a_id"])
+        stats: dict[str, float] = {}
+        a2b = b2a = None
+        if self.needs_teacher_scores:
+            k = min(self.num_hard_negatives, similarity.shape[1] - 1)
+            cand_a2b = mine_hard_negatives(similarity, positives, k)
+            cand_b2a = mine_hard_negatives(similarity.T, positives.T, k)
+            teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(a, b, cand_a2b, cand_b2a)
+            a2b = DirectionScores(similarity.gather(1, cand_a2b.index), teacher_a2b, cand_a2b.valid)
+            b2a = DirectionScores(similarity.T.gather(1, cand_b2a.index), teacher_b2a, cand_b2a.valid)
+            stats["teacher_pairs"] = float(pairs)
+        teacher_embeddings = None
+        if self.needs_teacher_embeddings:
+            assert self.teacher is not None
+            with torch.no_grad():
+                teacher_embeddings = (self.teacher.embed_a(a), self.teacher.embed_b(b))
+        inputs = LossInputs(
+            similarity=similarity,
+            positive_mask=positives,
+            logit_scale=self.student.logit_scale,
+            a2b=a2b,
+            b2a=b2a,
+            student_embeddings=(emb_a, emb_b),
+            teacher_embeddings=teacher_embeddings,
+        )
+        return inputs, stats
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        inputs, stats = self.build_loss_inputs(batch)
+        batch_size = inputs.similarity.shape[0]
+        total = inputs.similarity.new_zeros(())
+        for name, loss in self.losses.items():
+            term = loss(inputs)
+            self.log(f"train/loss/{name}", term, batch_size=batch_size)
+            total = total + self.loss_weights[name] * term
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.log("train/temperature", 1.0 / self.student.logit_scale.detach(), batch_size=batch_size)
+        for key, value in stats.items():
+            self.log(f"train/{key}", value, batch_size=batch_size)
+        return total
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, stage: str, batch: Mapping[str, Any]) -> None:
+        keep_inputs = stage == "test" and self.teacher is not None and self.two_stage_k > 0
+        buffer = self._buffers.setdefault(stage, RetrievalEvalBuffer(keep_inputs=keep_inputs))
+        buffer.add(batch["a_id"], self.student.encode_a(batch["a"]), self.student.encode_b(batch["b"]),
+                   batch["a"], batch["b"])
+
+    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
+        buffer = self._buffers.pop(stage, None)
+        if buffer is None or not len(buffer):
+            return {}
+        split = buffer.finalize()
+        metrics = retrieval_metrics(split.a_embeddings @ split.b_embeddings.T, split.b_to_a, ks=self.eval_ks)
+        results = {"student": metrics}
+        if stage == "test" and self.teacher is not None and self.two_stage_k > 0:
+            results.update(self._teacher_rankings(split))
+        for name, values in results.items():
+            prefix = stage if name == "student" else f"{stage}/{name}"
+            for key, value in values.items():
+                self.log(f"{prefix}/{key}", value, prog_bar=key == "rsum" and name == "student", sync_dist=True)
+        if stage == "test":
+            self.test_results = results
+        return metrics
+
+    @torch.no_grad()
+    def _teacher_rankings(self, split: RetrievalSplit) -> dict[str, dict[str, float]]:
+        assert self.teacher is not None and split.a_inputs is not None and split.b_inputs is not None
+        a_inputs = {k: v.to(self.device) for k, v in split.a_inputs.items()}
+        b_inputs = {k: v.to(self.device) for k, v in split.b_inputs.items()}
+
+        def teacher_scores(a_index: Tensor, b_index: Tensor) -> Tensor:
+            return self.teacher.score_pairs(a_inputs, b_inputs, a_index.to(self.device), b_index.to(self.device)).cpu()
+
+        results: dict[str, dict[str, float]] = {}
+        first = split.a_embeddings @ split.b_embeddings.T
+        a2b, b2a, pairs = ranking_scores(first, self.two_stage_k, teacher_scores)
+        results["two_stage"] = {**retrieval_metrics(a2b, split.b_to_a, b2a, self.eval_ks), "teacher_pairs": float(pairs)}
+        if self.evaluate_teacher and self.teacher.has_embeddings:
+            results["teacher"] = teacher_ranking_metrics(self.teacher, a_inputs, b_inputs, split.b_to_a,
+                                                         self.two_stage_k, self.eval_ks)
+        num_a, num_b = first.shape
+        results["two_stage"]["exhaustive_pairs"] = float(num_a * num_b)
+        return results
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return {"a_id": batch["a_id"], "a": self.student.encode_a(batch["a"]), "b": self.student.encode_b(batch["b"])}
+
+    # ------------------------------------------------------------------ optimisation
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student and loss-head parameters; never the teacher's."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        params += [p for p in self.losses.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+
+@torch.no_grad()
+def teacher_ranking_metrics(teacher: Teacher, a_inputs: Inputs, b_inputs: Inputs, b_to_a: Tensor, k: int,
+                            ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 256) -> dict[str, float]:
+    """The teacher's own retrieval: its embedding (ITC) top-``k`` re-ranked by its pair score."""
+    emb_a = torch.cat([teacher.embed_a(select_rows(a_inputs, idx)) for idx in _chunks(a_inputs, chunk)])
+    emb_b = torch.cat([teacher.embed_b(select_rows(b_inputs, idx)) for idx in _chunks(b_inputs, chunk)])
+    first = (emb_a @ emb_b.T).cpu()
+    device = emb_a.device
+
+    def scores(a_index: Tensor, b_index: Tensor) -> Tensor:
+        return teacher.score_pairs(a_inputs, b_inputs, a_index.to(device), b_index.to(device)).cpu()
+
+    a2b, b2a, pairs = ranking_scores(first, k, scores)
+    return {**retrieval_metrics(a2b, b_to_a.cpu(), b2a, ks), "teacher_pairs": float(pairs)}
+
+
+def _chunks(inputs: Inputs, size: int) -> list[Tensor]:
+    total = next(iter(inputs.values())).shape[0]
+    device = next(iter(inputs.values())).device
+    return [torch.arange(s, min(s + size, total), device=device) for s in range(0, total, size)]

@@ -1,0 +1,112 @@
+"""Encoder towers: each maps one modality's inputs to a pooled feature ``[B, width]``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import timm
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel
+
+Inputs = dict[str, Tensor]
+
+
+class Tower(nn.Module):
+    """A tower reads one modality's input dict and returns pooled features ``[B, width]``."""
+
+    width: int
+
+    def forward(self, inputs: Inputs) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TimmImageTower(Tower):
+    """Any timm backbone, pooled (``num_classes=0``). Reads ``inputs["pixel_values"]`` ``[B, 3, H, W]``.
+
+    ``pretrained`` loads timm's weights (needs the hub or a local cache); ``checkpoint_path`` loads a
+    local file. ``model_kwargs`` pass through to ``timm.create_model`` (e.g. ``img_size`` for ViTs).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet10t",
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        try:
+            self.backbone = timm.create_model(
+                model_name, pretrained=pretrained, num_classes=0, checkpoint_path=checkpoint_path or "",
+                **(model_kwargs or {}),
+            )
+        except RuntimeError as error:
+            raise ValueError(f"timm could not build image tower '{model_name}': {error}") from error
+        self.width = int(self.backbone.num_features)
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        return self.backbone(inputs["pixel_values"])
+
+
+class TransformersTextTower(Tower):
+    """A Hugging Face encoder (``AutoModel``) with CLS or mean pooling.
+
+    Reads ``inputs["input_ids"]`` and ``inputs["attention_mask"]`` ``[B, L]``. Either
+    ``pretrained`` (a local ``save_pretrained`` folder or a hub id) or ``config`` (a dict with
+    ``model_type`` and the config fields, for a randomly initialised model) is given.
+    ``trust_remote_code`` stays off unless the recipe sets it.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        pooling: Literal["cls", "mean"] = "cls",
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if (pretrained is None) == (config is None):
+            raise ValueError("TransformersTextTower needs exactly one of `pretrained` or `config`")
+        if pretrained is not None:
+            self.encoder = AutoModel.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        else:
+            settings = dict(config or {})
+            model_type = settings.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("TransformersTextTower `config` needs a `model_type` key (e.g. 'bert')")
+            self.encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **settings))
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
+        self.width = int(self.encoder.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.encoder.config.vocab_size)
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        mask = inputs["attention_mask"]
+        hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def set_gradient_checkpointing(tower: nn.Module, enabled: bool) -> None:
+    """Turn on activation checkpointing where the wrapped library supports it."""
+    inner = getattr(tower, "backbone", None) or getattr(tower, "encoder", None)
+    if inner is None or not enabled:
+        return
+    if hasattr(inner, "set_grad_checkpointing"):
+        inner.set_grad_checkpointing(True)
+    elif hasattr(inner, "gradient_checkpointing_enable"):
+        inner.gradient_checkpointing_enable()
+
+
+__all__ = ["TimmImageTower", "Tower", "TransformersTextTower", "count_parameters", "set_gradient_checkpointing", "torch"]

@@ -1,0 +1,165 @@
+"""Training recipe for the demo cross-encoder teacher (ALBEF-style ITC + ITM on hard negatives).
+
+Loss per batch = ``itc_weight * ITC + itm_weight * ITM`` where
+* ITC is the symmetric multi-positive InfoNCE over the unimodal embeddings;
+* ITM is binary cross-entropy of the fusion head on: every positive pair, one hard negative
+  caption per image and one hard negative image per caption, each sampled in proportion to
+  ``softmax(ITC similarity)`` over the anchor's negatives (as in ALBEF), and, when the data
+  provides them, binding negatives (a caption of the same words in another arrangement).
+Validation ranks by ITC top-``rerank_k`` re-ranked by the ITM logit. At the end of ``fit`` the
+teacher is written with ``save_pretrained`` to ``output_dir`` for the distillation recipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from distill.eval_buffer import RetrievalEvalBuffer
+from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
+from distill.losses import symmetric_infonce_loss
+from distill.mining import positive_mask_from_ids
+from distill.teachers.shapes import ShapesCrossEncoder
+
+
+def default_teacher_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
+
+
+@torch.no_grad()
+def sample_negatives(similarity: Tensor, positive_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One negative column per row, drawn with probability ``softmax(similarity)`` over non-positives.
+
+    ``[N, M], [N, M] -> [N]``. Rows without a negative fall back to their highest-scoring column.
+    """
+    logits = similarity.float().masked_fill(positive_mask, float("-inf"))
+    has_negative = torch.isfinite(logits).any(1, keepdim=True)
+    logits = torch.where(has_negative, logits, similarity.float())
+    probs = logits.softmax(dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class CrossEncoderPretraining(L.LightningModule):
+    """Trains a :class:`ShapesCrossEncoder` from scratch and saves it for distillation."""
+
+    def __init__(
+        self,
+        teacher: ShapesCrossEncoder,
+        itc_weight: float = 1.0,
+        itm_weight: float = 1.0,
+        rerank_k: int = 16,
+        output_dir: str | None = None,
+        optimizer: OptimizerCallable = default_teacher_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        eval_ks: tuple[int, ...] = DEFAULT_KS,
+    ) -> None:
+        super().__init__()
+        for name, value in (("itc_weight", itc_weight), ("itm_weight", itm_weight)):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if rerank_k < 1:
+            raise ValueError(f"model.rerank_k must be >= 1, got {rerank_k}")
+        self.teacher = teacher
+        self.itc_weight = itc_weight
+        self.itm_weight = itm_weight
+        self.rerank_k = rerank_k
+        self.output_dir = output_dir
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.eval_ks = tuple(eval_ks)
+        self._buffers: dict[str, RetrievalEvalBuffer] = {}
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        teacher = self.teacher
+        pixel_values = batch["a"]["pixel_values"]
+        input_ids, attention_mask = batch["b"]["input_ids"], batch["b"]["attention_mask"]
+        image_tokens = teacher.encode_image_tokens(pixel_values)
+        text_tokens = teacher.encode_text_tokens(input_ids, attention_mask)
+        emb_a, emb_b = teacher.embed_image_tokens(image_tokens), teacher.embed_text_tokens(text_tokens)
+        similarity = emb_a @ emb_b.T
+        positives = positive_mask_from_ids(batch["a_id"], batch["a_id"])
+        itc = symmetric_infonce_loss(similarity, positives, teacher.logit_scale)
+
+        size = similarity.shape[0]
+        rows = torch.arange(size, device=similarity.device)
+        neg_text = sample_negatives(similarity.detach() * teacher.logit_scale.detach(), positives)
+        neg_image = sample_negatives(similarity.detach().T * teacher.logit_scale.detach(), positives.T)
+        image_index = torch.cat([rows, rows, neg_image])
+        text_index = torch.cat([rows, neg_text, rows])
+        logits = teacher.fuse(image_tokens[image_index], text_tokens[text_index], attention_mask[text_index])
+        labels = torch.cat([torch.ones(size), torch.zeros(2 * size)]).to(logits)
+        if "b_neg" in batch:
+            neg_ids, neg_mask = batch["b_neg"]["input_ids"], batch["b_neg"]["attention_mask"]
+            binding_tokens = teacher.encode_text_tokens(neg_ids, neg_mask)
+            logits = torch.cat([logits, teacher.fuse(image_tokens, binding_tokens, neg_mask)])
+            labels = torch.cat([labels, torch.zeros(size).to(labels)])
+        itm = F.binary_cross_entropy_with_logits(logits, labels)
+        total = self.itc_weight * itc + self.itm_weight * itm
+        self.log_dict({"train/loss/itc": itc, "train/loss/itm": itm}, batch_size=size)
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        with torch.no_grad():
+            accuracy = ((logits > 0).float() == labels).float().mean()
+        self.log("train/itm_accuracy", accuracy, batch_size=size)
+        return total
+
+    def _eval_step(self, stage: str, batch: Mapping[str, Any]) -> None:
+        buffer = self._buffers.setdefault(stage, RetrievalEvalBuffer(keep_inputs=True))
+        buffer.add(batch["a_id"], self.teacher.embed_a(batch["a"]), self.teacher.embed_b(batch["b"]),
+                   batch["a"], batch["b"])
+
+    @torch.no_grad()
+    def _eval_epoch_end(self, stage: str) -> None:
+        buffer = self._buffers.pop(stage, None)
+        if buffer is None or not len(buffer):
+            return
+        split = buffer.finalize()
+        assert split.a_inputs is not None and split.b_inputs is not None
+        a_inputs = {k: v.to(self.device) for k, v in split.a_inputs.items()}
+        b_inputs = {k: v.to(self.device) for k, v in split.b_inputs.items()}
+        first = split.a_embeddings @ split.b_embeddings.T
+
+        def itm_scores(a_index: Tensor, b_index: Tensor) -> Tensor:
+            return self.teacher.score_pairs(a_inputs, b_inputs, a_index.to(self.device), b_index.to(self.device)).cpu()
+
+        a2b, b2a, pairs = ranking_scores(first, self.rerank_k, itm_scores)
+        results = {
+            "teacher": {**retrieval_metrics(a2b, split.b_to_a, b2a, self.eval_ks), "teacher_pairs": float(pairs)},
+            "itc": retrieval_metrics(first, split.b_to_a, ks=self.eval_ks),
+        }
+        for name, values in results.items():
+            prefix = stage if name == "teacher" else f"{stage}/{name}"
+            for key, value in values.items():
+                self.log(f"{prefix}/{key}", value, prog_bar=key == "rsum" and name == "teacher", sync_dist=True)
+        if stage == "test":
+            self.test_results = results
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def on_train_end(self) -> None:
+        if self.output_dir and self.trainer.is_global_zero:
+            path = self.teacher.save_pretrained(Path(self.output_dir))
+            print(f"saved teacher to {path}")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.teacher.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

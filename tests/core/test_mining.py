@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.mining import mine_hard_negatives, positive_mask_from_ids
+
+
+def test_hard_negatives_skip_positives_and_sort_by_score() -> None:
+    ids = torch.tensor([0, 0, 1, 2])
+    positives = positive_mask_from_ids(ids, ids)
+    similarity = torch.tensor([
+        [0.9, 0.95, 0.1, 0.5],
+        [0.99, 0.9, 0.3, 0.2],
+        [0.7, 0.6, 0.9, 0.8],
+        [0.1, 0.2, 0.3, 0.9],
+    ])
+    candidates = mine_hard_negatives(similarity, positives, k=2)
+    assert candidates.index[:, 0].tolist() == [0, 1, 2, 3]
+    assert candidates.index[0, 1:].tolist() == [3, 2]  # column 1 is the same image: never a negative
+    assert candidates.index[1, 1:].tolist() == [2, 3]
+    assert candidates.index[2, 1:].tolist() == [3, 0]
+    assert candidates.valid.all()
+
+
+def test_padding_when_too_few_negatives() -> None:
+    ids = torch.tensor([0, 0, 1])
+    candidates = mine_hard_negatives(torch.rand(3, 3), positive_mask_from_ids(ids, ids), k=2)
+    assert candidates.valid[0].tolist() == [True, True, False]
+    assert candidates.valid[2].tolist() == [True, True, True]
+    assert candidates.index[0, 2] == 0  # padding points at the positive, masked by `valid`
+
+
+def test_rejects_bad_k_and_missing_diagonal() -> None:
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        mine_hard_negatives(torch.rand(2, 2), torch.eye(2, dtype=torch.bool), k=0)
+    with pytest.raises(ValueError, match="diagonal"):
+        mine_hard_negatives(torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.bool), k=1)

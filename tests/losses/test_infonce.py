@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.losses import InfoNCE, LossInputs, infonce_loss, symmetric_infonce_loss
+
+
+def lse(*values: float) -> float:
+    return math.log(sum(math.exp(v) for v in values))
+
+
+def test_infonce_multi_positive_hand_value() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 1.0]], dtype=torch.float64)
+    positives = torch.tensor([[True, True, False], [False, False, True]])
+    # row 0: target 1/2 on columns 0 and 1 -> lse - (1 + 2) / 2; row 1: lse - 1
+    row0 = lse(1.0, 2.0, 0.0) - 0.5 * (1.0 + 2.0)
+    row1 = lse(0.5, -1.0, 1.0) - 1.0
+    assert infonce_loss(logits, positives).item() == pytest.approx((row0 + row1) / 2, abs=1e-12)
+
+
+def test_symmetric_infonce_hand_value_and_symmetry() -> None:
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.float64)
+    pos = torch.tensor([[True, True], [False, True]])
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    rows = (lse(9.0, 1.0) - (9.0 + 1.0) / 2 + lse(2.0, 8.0) - 8.0) / 2
+    cols = (lse(9.0, 2.0) - 9.0 + lse(1.0, 8.0) - (1.0 + 8.0) / 2) / 2
+    expected = 0.5 * (rows + cols)
+    assert symmetric_infonce_loss(sim, pos, scale).item() == pytest.approx(expected, abs=1e-12)
+    # Swapping the roles of a and b leaves the symmetric loss unchanged.
+    assert symmetric_infonce_loss(sim.t(), pos.t(), scale).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_infonce_single_positive_matches_cross_entropy() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    target = torch.tensor([0, 3, 6, 2, 2])
+    mask = torch.nn.functional.one_hot(target, 7).bool()
+    ref = torch.nn.functional.cross_entropy(logits, target)
+    assert infonce_loss(logits, mask).item() == pytest.approx(ref.item(), abs=1e-12)
+
+
+def test_infonce_row_without_positive_raises() -> None:
+    logits = torch.zeros(2, 3)
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    with pytest.raises(ValueError, match="without a positive"):
+        infonce_loss(logits, mask)
+
+
+def test_infonce_module_uses_similarity_and_scale() -> None:
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
+    pos = torch.eye(2, dtype=torch.bool)
+    inputs = LossInputs(similarity=sim, positive_mask=pos, logit_scale=log_scale.exp(), a2b=None, b2a=None)
+    module = InfoNCE()
+    assert module.requires_teacher is False
+    loss = module(inputs)
+    assert loss.item() == pytest.approx(symmetric_infonce_loss(sim, pos, log_scale.exp()).item())
+    loss.backward()
+    assert sim.grad is not None and log_scale.grad is not None
