@@ -8,6 +8,7 @@ recipe is the registry, ``--print_config`` prints the resolved recipe. Extra sub
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,9 @@ from lightning.pytorch.cli import LightningCLI
 
 EXTRA_COMMANDS = {
     "demo": ("distill.demo", "main", "train the demo teacher and students, print the recall table"),
+    "export": ("distill.export", "main", "export a trained student: safetensors, config, tokenizer, ONNX, card"),
+    "index": ("distill.index.commands", "index_main", "encode a split's b side with an exported student into an index"),
+    "search": ("distill.index.commands", "search_main", "search an index with a text or image query"),
 }
 
 
@@ -45,19 +49,46 @@ class DistillCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError) as error:
-            raise RecipeError(one_line(error)) from error
+            raise RecipeError(one_line(root_cause(error))) from error
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a chain (jsonargparse wraps constructor errors in union errors)."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return error
+
+
+_BOILERPLATE = re.compile(
+    r"^(- )?(Does not validate against any of the Union subtypes|Subtypes:|Errors:|Expected a <class 'NoneType'>|"
+    r"Given value type:|Given value:|Parser key )"
+)
 
 
 def one_line(error: BaseException) -> str:
-    """Condense an exception (possibly nested jsonargparse messages) into one readable line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
+    """Condense an exception (possibly a nested jsonargparse report) into one readable line.
+
+    jsonargparse nests the real reason deep inside union-type reports; keep the chain of parser
+    keys, the innermost ``class_path`` and the most deeply nested reason.
+    """
+    raw = [line for line in str(error).splitlines() if line.strip()]
+    if not raw:
         return type(error).__name__
-    # jsonargparse nests the real cause last; keep the outermost key and the innermost reason.
-    if len(lines) > 1:
-        head, tail = lines[0], lines[-1]
-        return f"{head.rstrip(':')} -> {tail.lstrip('- ')}"
-    return lines[0]
+    if len(raw) == 1:
+        return raw[0].strip()
+    keys = [match.group(1) for line in raw if (match := re.search(r'Parser key "([^"]+)"', line))]
+    classes = [match.group(1) for line in raw if (match := re.search(r"Problem with given class_path '([^']+)'", line))]
+    reasons = [(len(line) - len(line.lstrip()), line.strip().lstrip("- ")) for line in raw
+               if not _BOILERPLATE.match(line.strip()) and "Problem with given class_path" not in line]
+    if not reasons:
+        return " ".join(line.strip() for line in raw)
+    depth = max(indent for indent, _ in reasons)
+    reason = next(text for indent, text in reasons if indent == depth)
+    where = ".".join(keys)
+    context = f" (in {classes[-1]})" if classes and classes[-1] not in reason else ""
+    return f"{where}: {reason}{context}" if where else f"{reason}{context}"
 
 
 def _run_extra(command: str, argv: list[str]) -> None:

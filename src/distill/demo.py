@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.cli import DistillCLI, RecipeError
-from distill.report import format_markdown_table, print_table
+from distill.report import format_markdown_table, print_table, update_markdown_section
 
+# (row label, recipe file, whether the recipe has a teacher whose weights folder must be set)
 STUDENT_RECIPES = (
-    ("student: InfoNCE only", "shapes-infonce.yaml"),
-    ("student: InfoNCE + logit KL", "shapes-kl.yaml"),
+    ("student: InfoNCE only", "shapes-infonce.yaml", False),
+    ("student: InfoNCE + logit KL", "shapes-kl.yaml", True),
 )
 
 
@@ -71,12 +72,12 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     result.rows.append(("teacher: ITC top-16 + ITM re-rank", cli.model.test_results["teacher"]))
     result.rows.append(("teacher: ITC only", cli.model.test_results["itc"]))
 
-    for label, recipe in STUDENT_RECIPES:
+    for label, recipe, uses_teacher in STUDENT_RECIPES:
         name = Path(recipe).stem
         start = time.perf_counter()
         print(f"[demo] training {label} ({configs / recipe})")
         student_args = ["fit", "--config", str(configs / recipe), *_overrides(args, run_dir, name)]
-        if "teacher" in recipe or recipe != "shapes-infonce.yaml":
+        if uses_teacher:
             student_args += ["--model.init_args.teacher.init_args.weights", str(teacher_dir)]
         cli = DistillCLI(args=student_args)
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
@@ -112,7 +113,10 @@ def main(argv: list[str]) -> None:
     print_table(result.rows, title="Shapes test split: Recall@K (%)")
     print(f"[demo] finished in {total / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in result.seconds.items())})")
     if args.markdown:
-        command = "python -m distill demo " + " ".join(argv)
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(format_markdown_table(result.rows, command=command.strip()), encoding="utf-8")
+        command = ("python -m distill demo " + " ".join(argv)).strip()
+        notes = [f"Wall time on this machine: {total / 60:.1f} min ("
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")."]
+        section = "## Demo: teacher vs students (shapes test split)\n\n" + format_markdown_table(
+            result.rows, command=command, extra=notes)
+        update_markdown_section(args.markdown, "demo", section)
         print(f"[demo] wrote {args.markdown}")

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from distill.diagnostics import score_distribution_figure, spearman_per_row, standardised_spread
 from distill.eval_buffer import RetrievalEvalBuffer, RetrievalSplit
 from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
 from distill.losses import DirectionScores, DistillationLoss, InfoNCE, LossInputs
@@ -28,6 +29,12 @@ from distill.teachers import Teacher
 from distill.teachers.base import Inputs, select_rows
 
 TEACHER_PREFIX = "teacher."
+
+
+def teacher_views(batch: Mapping[str, Any]) -> tuple[Inputs, Inputs]:
+    """The teacher's inputs: ``batch["teacher_a"/"teacher_b"]`` when the data module preprocesses
+    separately for the teacher (other tokenizer, image size or normalisation), else the student's."""
+    return batch.get("teacher_a", batch["a"]), batch.get("teacher_b", batch["b"])
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -48,6 +55,9 @@ class DistillationModule(L.LightningModule):
         two_stage_k: at test time, also report the student's top-k re-ranked by the teacher (0: off).
         evaluate_teacher: at test time, also report the teacher's own ranking (its ITC top
             ``two_stage_k`` re-ranked by its score) when the teacher exposes embeddings.
+        diagnostics: each validation, for up to ``diagnostic_anchors`` a items, mine the student's
+            top-K negatives over the split, score them with the teacher, and log the mean Spearman
+            correlation of the two orders plus a figure of both score distributions.
     """
 
     def __init__(
@@ -62,6 +72,8 @@ class DistillationModule(L.LightningModule):
         eval_ks: tuple[int, ...] = DEFAULT_KS,
         two_stage_k: int = 16,
         evaluate_teacher: bool = False,
+        diagnostics: bool = True,
+        diagnostic_anchors: int = 256,
     ) -> None:
         super().__init__()
         self.student = student
@@ -77,6 +89,8 @@ class DistillationModule(L.LightningModule):
         self.eval_ks = tuple(eval_ks)
         self.two_stage_k = two_stage_k
         self.evaluate_teacher = evaluate_teacher
+        self.diagnostics = diagnostics
+        self.diagnostic_anchors = diagnostic_anchors
         self._buffers: dict[str, RetrievalEvalBuffer] = {}
         self.test_results: dict[str, dict[str, float]] = {}
 
@@ -109,7 +123,7 @@ class DistillationModule(L.LightningModule):
 
     @property
     def needs_teacher_scores(self) -> bool:
-        return any(getattr(loss, "requires_teacher", False) for loss in self.losses.values())
+        return any(getattr(loss, "requires_teacher_scores", False) for loss in self.losses.values())
 
     @property
     def needs_teacher_embeddings(self) -> bool:
@@ -163,15 +177,17 @@ class DistillationModule(L.LightningModule):
             k = min(self.num_hard_negatives, similarity.shape[1] - 1)
             cand_a2b = mine_hard_negatives(similarity, positives, k)
             cand_b2a = mine_hard_negatives(similarity.T, positives.T, k)
-            teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(a, b, cand_a2b, cand_b2a)
+            teacher_a, teacher_b = teacher_views(batch)
+            teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(teacher_a, teacher_b, cand_a2b, cand_b2a)
             a2b = DirectionScores(similarity.gather(1, cand_a2b.index), teacher_a2b, cand_a2b.valid)
             b2a = DirectionScores(similarity.T.gather(1, cand_b2a.index), teacher_b2a, cand_b2a.valid)
             stats["teacher_pairs"] = float(pairs)
         teacher_embeddings = None
         if self.needs_teacher_embeddings:
             assert self.teacher is not None
+            teacher_a, teacher_b = teacher_views(batch)
             with torch.no_grad():
-                teacher_embeddings = (self.teacher.embed_a(a), self.teacher.embed_b(b))
+                teacher_embeddings = (self.teacher.embed_a(teacher_a), self.teacher.embed_b(teacher_b))
         inputs = LossInputs(
             similarity=similarity,
             positive_mask=positives,
@@ -199,10 +215,13 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, stage: str, batch: Mapping[str, Any]) -> None:
-        keep_inputs = stage == "test" and self.teacher is not None and self.two_stage_k > 0
+        keep_inputs = self.teacher is not None and (
+            (stage == "test" and self.two_stage_k > 0) or (stage == "val" and self.diagnostics)
+        )
         buffer = self._buffers.setdefault(stage, RetrievalEvalBuffer(keep_inputs=keep_inputs))
+        teacher_a, teacher_b = teacher_views(batch)
         buffer.add(batch["a_id"], self.student.encode_a(batch["a"]), self.student.encode_b(batch["b"]),
-                   batch["a"], batch["b"])
+                   teacher_a, teacher_b)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         buffer = self._buffers.pop(stage, None)
@@ -213,6 +232,8 @@ class DistillationModule(L.LightningModule):
         results = {"student": metrics}
         if stage == "test" and self.teacher is not None and self.two_stage_k > 0:
             results.update(self._teacher_rankings(split))
+        if stage == "val" and self.teacher is not None and self.diagnostics and split.a_inputs is not None:
+            results["diagnostics"] = self._diagnostics(split)
         for name, values in results.items():
             prefix = stage if name == "student" else f"{stage}/{name}"
             for key, value in values.items():
@@ -240,6 +261,32 @@ class DistillationModule(L.LightningModule):
         num_a, num_b = first.shape
         results["two_stage"]["exhaustive_pairs"] = float(num_a * num_b)
         return results
+
+    @torch.no_grad()
+    def _diagnostics(self, split: RetrievalSplit) -> dict[str, float]:
+        """Spearman(teacher, student) over each anchor's student-mined hard negatives, and spreads."""
+        assert self.teacher is not None and split.a_inputs is not None and split.b_inputs is not None
+        anchors = min(self.diagnostic_anchors, split.a_embeddings.shape[0])
+        similarity = split.a_embeddings[:anchors] @ split.b_embeddings.T
+        positives = split.b_to_a.unsqueeze(0) == torch.arange(anchors).unsqueeze(1)
+        k = min(self.num_hard_negatives, int((~positives).sum(1).min()))
+        if k < 2:
+            return {}
+        negatives = similarity.masked_fill(positives, float("-inf")).topk(k, dim=1).indices
+        student = similarity.gather(1, negatives)
+        a_inputs = {key: v.to(self.device) for key, v in split.a_inputs.items()}
+        b_inputs = {key: v.to(self.device) for key, v in split.b_inputs.items()}
+        rows = torch.arange(anchors).repeat_interleave(k)
+        teacher = self.teacher.score_pairs(a_inputs, b_inputs, rows.to(self.device),
+                                           negatives.reshape(-1).to(self.device)).float().cpu().view(anchors, k)
+        values = {"spearman": float(spearman_per_row(teacher, student).mean())}
+        values.update({f"teacher_{key}": v for key, v in standardised_spread(teacher).items()})
+        values.update({f"student_{key}": v for key, v in standardised_spread(student).items()})
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_figure"):
+            experiment.add_figure("val/hard_negative_scores", score_distribution_figure(teacher, student),
+                                  global_step=self.global_step)
+        return values
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 COLUMNS = ("a2b_R@1", "a2b_R@5", "a2b_R@10", "b2a_R@1", "b2a_R@5", "b2a_R@10", "rsum")
 HEADERS = ("i->t R@1", "i->t R@5", "i->t R@10", "t->i R@1", "t->i R@5", "t->i R@10", "RSUM")
@@ -16,7 +17,7 @@ def _cell(value: float | str | None) -> str:
     return value if isinstance(value, str) else f"{value:.1f}"
 
 
-def print_table(rows: Sequence[Row], title: str = "") -> None:
+def print_table(rows: Sequence[tuple[str, dict[str, Any]]], title: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -29,7 +30,7 @@ def print_table(rows: Sequence[Row], title: str = "") -> None:
     Console().print(table)
 
 
-def format_markdown_table(rows: Sequence[Row], command: str = "", extra: Sequence[str] = ()) -> str:
+def format_markdown_table(rows: Sequence[tuple[str, dict[str, Any]]], command: str = "", extra: Sequence[str] = ()) -> str:
     lines = ["| model | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
     for name, metrics in rows:
         lines.append(f"| {name} | " + " | ".join(_cell(metrics.get(key)) for key in COLUMNS) + " |")
@@ -37,3 +38,44 @@ def format_markdown_table(rows: Sequence[Row], command: str = "", extra: Sequenc
     if command:
         body = f"Command: `{command}`\n\n" + body
     return body + "".join(f"\n{line}" for line in extra)
+
+
+def update_markdown_section(path: str, name: str, content: str, title: str = "# Benchmarks\n") -> None:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``.
+
+    Several benchmark scripts share one ``docs/benchmarks.md``; each owns its section. The file is
+    rewritten atomically.
+    """
+    from pathlib import Path
+
+    from distill.io import atomic_write_bytes
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    target = Path(path)
+    text = target.read_text(encoding="utf-8") if target.is_file() else title
+    block = f"{start}\n{content.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def mean_std_rows(runs: dict[str, list[dict[str, float]]]) -> list[tuple[str, dict[str, str]]]:
+    """Aggregate per-seed metric dicts into ``mean ± sd`` cells (sample sd; '-' for one seed)."""
+    import statistics
+
+    rows: list[tuple[str, dict[str, str]]] = []
+    for name, results in runs.items():
+        cells: dict[str, str] = {}
+        for key in COLUMNS:
+            values = [r[key] for r in results if key in r]
+            if not values:
+                continue
+            mean = statistics.fmean(values)
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells[key] = f"{mean:.1f} ± {sd:.1f}"
+        rows.append((name, cells))
+    return rows

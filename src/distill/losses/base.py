@@ -91,6 +91,7 @@ class DistillationLoss(nn.Module):
     """
 
     requires_teacher: ClassVar[bool] = True
+    requires_teacher_scores: ClassVar[bool] = True  # reads ``inputs.a2b`` / ``inputs.b2a``
     requires_teacher_embeddings: ClassVar[bool] = False
 
     def __init__(self) -> None:

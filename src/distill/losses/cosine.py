@@ -49,6 +49,7 @@ class CosineEmbedding(DistillationLoss):
     ``teacher_name`` (optional attribute) is only used in error messages.
     """
 
+    requires_teacher_scores: ClassVar[bool] = False
     requires_teacher: ClassVar[bool] = True
     requires_teacher_embeddings: ClassVar[bool] = True
 

@@ -56,6 +56,7 @@ class FLOPS(DistillationLoss):
         sides: ``"both"`` (default, average of the two sides), ``"a"`` or ``"b"``.
     """
 
+    requires_teacher_scores: ClassVar[bool] = False
     requires_teacher: ClassVar[bool] = False
 
     def __init__(self, warmup_steps: int = 0, sides: str = "both") -> None:

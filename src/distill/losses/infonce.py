@@ -64,6 +64,7 @@ class InfoNCE(DistillationLoss):
     inputs.logit_scale)``.
     """
 
+    requires_teacher_scores: ClassVar[bool] = False
     requires_teacher: ClassVar[bool] = False
 
     def __init__(self) -> None:

@@ -2,10 +2,13 @@
 
 Loss per batch = ``itc_weight * ITC + itm_weight * ITM`` where
 * ITC is the symmetric multi-positive InfoNCE over the unimodal embeddings;
-* ITM is binary cross-entropy of the fusion head on: every positive pair, one hard negative
-  caption per image and one hard negative image per caption, each sampled in proportion to
-  ``softmax(ITC similarity)`` over the anchor's negatives (as in ALBEF), and, when the data
-  provides them, binding negatives (a caption of the same words in another arrangement).
+* ITM trains the fusion head on every positive pair, one hard negative caption per image and one
+  hard negative image per caption, each sampled in proportion to ``softmax(ITC similarity)``
+  over the anchor's negatives (as in ALBEF), and, when the data provides them, binding negatives
+  (a caption with the same words in another arrangement). ``itm_loss="bce"`` is ALBEF's binary
+  matching loss; ``itm_loss="grouped"`` (default) is a listwise cross-entropy per anchor over its
+  positive and its negatives (localised contrastive estimation, Gao et al., ECIR 2021), which
+  ranks directly and cannot collapse to "always no match" the way class-imbalanced BCE can.
 Validation ranks by ITC top-``rerank_k`` re-ranked by the ITM logit. At the end of ``fit`` the
 teacher is written with ``save_pretrained`` to ``output_dir`` for the distillation recipes.
 """
@@ -46,6 +49,19 @@ def sample_negatives(similarity: Tensor, positive_mask: Tensor, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def grouped_itm_loss(logits: Tensor, size: int) -> Tensor:
+    """Listwise ITM loss over logits laid out as ``[pos | neg_text | neg_image | (binding)]``, each ``size`` long.
+
+    Per image: cross-entropy of ``[pos, neg_text, (binding)]`` with target 0; per caption:
+    cross-entropy of ``[pos, neg_image]`` with target 0; the two averages are summed.
+    """
+    blocks = logits.view(-1, size)
+    image_group = torch.stack([blocks[0], blocks[1], *blocks[3:]], dim=1)
+    text_group = torch.stack([blocks[0], blocks[2]], dim=1)
+    target = torch.zeros(size, dtype=torch.long, device=logits.device)
+    return F.cross_entropy(image_group, target) + F.cross_entropy(text_group, target)
+
+
 class CrossEncoderPretraining(L.LightningModule):
     """Trains a :class:`ShapesCrossEncoder` from scratch and saves it for distillation."""
 
@@ -55,6 +71,7 @@ class CrossEncoderPretraining(L.LightningModule):
         itc_weight: float = 1.0,
         itm_weight: float = 1.0,
         rerank_k: int = 16,
+        itm_loss: str = "grouped",
         output_dir: str | None = None,
         optimizer: OptimizerCallable = default_teacher_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -64,6 +81,9 @@ class CrossEncoderPretraining(L.LightningModule):
         for name, value in (("itc_weight", itc_weight), ("itm_weight", itm_weight)):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if itm_loss not in ("grouped", "bce"):
+            raise ValueError(f"model.itm_loss must be 'grouped' or 'bce', got {itm_loss!r}")
+        self.itm_loss = itm_loss
         if rerank_k < 1:
             raise ValueError(f"model.rerank_k must be >= 1, got {rerank_k}")
         self.teacher = teacher
@@ -101,7 +121,10 @@ class CrossEncoderPretraining(L.LightningModule):
             binding_tokens = teacher.encode_text_tokens(neg_ids, neg_mask)
             logits = torch.cat([logits, teacher.fuse(image_tokens, binding_tokens, neg_mask)])
             labels = torch.cat([labels, torch.zeros(size).to(labels)])
-        itm = F.binary_cross_entropy_with_logits(logits, labels)
+        if self.itm_loss == "bce":
+            itm = F.binary_cross_entropy_with_logits(logits, labels)
+        else:
+            itm = grouped_itm_loss(logits, size)
         total = self.itc_weight * itc + self.itm_weight * itm
         self.log_dict({"train/loss/itc": itc, "train/loss/itm": itm}, batch_size=size)
         self.log("train/loss", total, prog_bar=True, batch_size=size)

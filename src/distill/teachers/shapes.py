@@ -36,6 +36,10 @@ class ShapesCrossEncoderConfig:
     embed_dim: int = 128
     mlp_ratio: int = 4
     dropout: float = 0.0
+    score_mode: str = "itm+itc"
+
+
+SCORE_MODES = ("itm", "itm+itc")
 
 
 def transformer_encoder(width: int, heads: int, layers: int, mlp_ratio: int, dropout: float) -> nn.TransformerEncoder:
@@ -68,8 +72,10 @@ class ConvPatchEmbedding(nn.Module):
 class ShapesCrossEncoder(Teacher):
     """ALBEF-style image-text cross-encoder.
 
-    ``score(a, b)`` is the ITM logit of each aligned pair; ``embed_a`` / ``embed_b`` are the
-    L2-normalised ITC embeddings. ``weights`` names a folder written by :meth:`save_pretrained`
+    ``score(a, b)`` scores each aligned pair with the fusion transformer: the ITM logit
+    (``score_mode="itm"``) or the ITM logit plus the ITC logit ``logit_scale * cos(e_a, e_b)``
+    (``"itm+itc"``, default; BLIP ranks retrieval candidates by this sum). ``embed_a`` /
+    ``embed_b`` are the L2-normalised ITC embeddings. ``weights`` names a folder written by :meth:`save_pretrained`
     (``config.json`` + ``model.safetensors``); its config overrides the architecture arguments.
     """
 
@@ -89,15 +95,18 @@ class ShapesCrossEncoder(Teacher):
         embed_dim: int = 128,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
+        score_mode: str = "itm+itc",
         weights: str | None = None,
     ) -> None:
         super().__init__()
         config = ShapesCrossEncoderConfig(
             vocab_size, max_length, image_size, patch_size, width, heads, image_layers, text_layers,
-            fusion_layers, embed_dim, mlp_ratio, dropout,
+            fusion_layers, embed_dim, mlp_ratio, dropout, score_mode,
         )
         if weights is not None:
             config = self._read_config(weights)
+        if config.score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {config.score_mode!r}")
         if config.image_size % config.patch_size:
             raise ValueError(f"image_size {config.image_size} must be a multiple of patch_size {config.patch_size}")
         self.config = config
@@ -166,7 +175,20 @@ class ShapesCrossEncoder(Teacher):
 
     # ------------------------------------------------------------------ fusion (ITM)
     def fuse(self, image_tokens: Tensor, text_tokens: Tensor, attention_mask: Tensor) -> Tensor:
-        """ITM logits of aligned token sequences: ``[N, 1+P, w], [N, L, w], [N, L] -> [N]``."""
+        """Pair scores of aligned token sequences: ``[N, 1+P, w], [N, L, w], [N, L] -> [N]``.
+
+        The fusion transformer reads the caption tokens and image patches as one sequence; its
+        ITM head reads the caption's [CLS] position. With ``score_mode="itm+itc"`` the ITC logit of
+        the same pair is added.
+        """
+        itm = self.itm_logit(image_tokens, text_tokens, attention_mask)
+        if self.config.score_mode == "itm":
+            return itm
+        itc = (self.embed_image_tokens(image_tokens) * self.embed_text_tokens(text_tokens)).sum(-1)
+        return itm + self.logit_scale * itc
+
+    def itm_logit(self, image_tokens: Tensor, text_tokens: Tensor, attention_mask: Tensor) -> Tensor:
+        """The fusion head alone: ``[N, 1+P, w], [N, L, w], [N, L] -> [N]``."""
         sequence = torch.cat([text_tokens + self.type_embed[0], image_tokens + self.type_embed[1]], dim=1)
         padding = torch.cat(
             [attention_mask == 0, attention_mask.new_zeros(image_tokens.shape[:2], dtype=torch.bool)], dim=1

@@ -1,0 +1,107 @@
+"""Quality benchmark: every distillation loss on the shapes benchmark, same budget, several seeds.
+
+    python benchmarks/quality.py                       # all recipes x 3 seeds, writes docs/benchmarks.md
+    python benchmarks/quality.py --recipes infonce cprd --seeds 0 --max-steps 50   # a quick look
+
+Each run trains the student from scratch with one recipe of ``configs/demo`` for the same number
+of steps and reports test Recall@K; rows are mean ± sd over seeds. The teacher's own ranking
+(ITC top-16 re-ranked by ITM) and the two-stage row (student top-16 re-ranked by the teacher)
+are reported next to them, together with the share of the student-teacher RSUM gap each loss
+recovers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from distill.cli import DistillCLI  # noqa: E402
+from distill.report import COLUMNS, format_markdown_table, mean_std_rows, print_table, update_markdown_section  # noqa: E402
+
+RECIPES = {
+    "infonce": "InfoNCE only",
+    "kl": "+ logit KL",
+    "margin-mse": "+ MarginMSE",
+    "cosine": "+ cosine embedding",
+    "dcd": "+ DCD",
+    "cprd": "+ CPRD",
+}
+
+
+def run_recipe(recipe: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    overrides = [
+        "fit", "--config", str(REPO / "configs" / "demo" / f"shapes-{recipe}.yaml"),
+        f"--seed_everything={seed}", f"--trainer.max_steps={args.max_steps}", "--trainer.max_epochs=-1",
+        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.init_args.save_dir={args.run_dir}", f"--trainer.logger.init_args.name=quality-{recipe}-s{seed}",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--trainer.enable_checkpointing=false", f"--trainer.val_check_interval={args.max_steps}",
+    ]
+    if recipe != "infonce":
+        overrides.append(f"--model.init_args.teacher.init_args.weights={args.teacher_dir}")
+        overrides.append("--model.init_args.evaluate_teacher=true")
+    cli = DistillCLI(args=overrides + list(args.override))
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    return cli.model.test_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max-steps", type=int, default=560, help="training steps per run (same for every loss)")
+    parser.add_argument("--teacher-dir", default=str(REPO / "artifacts" / "shapes-teacher"))
+    parser.add_argument("--run-dir", default=str(REPO / "runs"))
+    parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument("--override", nargs="*", default=[], help="extra LightningCLI overrides for every run")
+    args = parser.parse_args()
+
+    student_runs: dict[str, list[dict[str, float]]] = {}
+    teacher_runs: list[dict[str, float]] = []
+    two_stage_runs: list[dict[str, float]] = []
+    seconds: dict[str, float] = {}
+    for recipe in args.recipes:
+        start = time.perf_counter()
+        for seed in args.seeds:
+            print(f"[quality] {recipe} seed {seed}", flush=True)
+            results = run_recipe(recipe, seed, args)
+            student_runs.setdefault(RECIPES[recipe], []).append(results["student"])
+            if "teacher" in results and not teacher_runs:
+                teacher_runs.append(results["teacher"])
+            if recipe == "cprd" and "two_stage" in results:
+                two_stage_runs.append(results["two_stage"])
+        seconds[recipe] = (time.perf_counter() - start) / len(args.seeds)
+
+    rows = mean_std_rows(student_runs)
+    if teacher_runs:
+        rows.insert(0, ("teacher (ITC top-16 + ITM re-rank)", {k: f"{teacher_runs[0][k]:.1f}" for k in COLUMNS}))
+    if two_stage_runs:
+        rows.extend(mean_std_rows({"two-stage: CPRD student top-16 re-ranked by teacher": two_stage_runs}))
+    print_table(rows, title=f"Shapes test split, {args.max_steps} steps, seeds {args.seeds}")
+
+    notes = [f"Budget: {args.max_steps} training steps per run (batch 64), seeds {args.seeds}, same data for every loss.",
+             "Mean seconds per run: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
+    baseline = student_runs.get(RECIPES["infonce"])
+    if baseline and teacher_runs:
+        base = statistics.fmean(r["rsum"] for r in baseline)
+        gap = teacher_runs[0]["rsum"] - base
+        shares = [f"{name}: {100 * (statistics.fmean(r['rsum'] for r in runs) - base) / gap:+.0f}%"
+                  for name, runs in student_runs.items() if name != RECIPES["infonce"]]
+        notes.append(f"Share of the RSUM gap (teacher {teacher_runs[0]['rsum']:.1f} - InfoNCE {base:.1f} = {gap:.1f}) "
+                     "recovered: " + ", ".join(shares) + ".")
+    for note in notes:
+        print(note)
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    section = "## Loss comparison (quality)\n\n" + format_markdown_table(rows, command=command.strip(), extra=notes)
+    update_markdown_section(args.markdown, "quality", section)
+    print(f"[quality] wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
