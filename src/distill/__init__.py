@@ -1,3 +1,12 @@
 """distill: knowledge distillation from cross-encoder teachers into fast retrieval students."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """Lazy access to ``load_student`` / ``load_tokenizer`` (kept out of ``import distill``)."""
+    if name in ("load_student", "load_tokenizer"):
+        from distill import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'distill' has no attribute '{name}'")

@@ -55,7 +55,8 @@ class DistillCLI(LightningCLI):
 def root_cause(error: BaseException) -> BaseException:
     """The innermost exception of a chain (jsonargparse wraps constructor errors in union errors)."""
     seen = {id(error)}
-    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+    while (inner := error.__cause__ or (None if error.__suppress_context__ else error.__context__)) is not None \
+            and id(inner) not in seen:
         seen.add(id(inner))
         error = inner
     return error

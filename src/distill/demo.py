@@ -64,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     else:
         print(f"[demo] using the trained teacher in {teacher_dir} (pass --retrain-teacher to train it again)")
-        cli = DistillCLI(args=["test", "--config", teacher_recipe, *common,
+        cli = DistillCLI(args=["--config", teacher_recipe, *common,
                                "--model.init_args.teacher.init_args.weights", str(teacher_dir),
                                "--model.init_args.output_dir", "null"], run=False)
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)

@@ -24,7 +24,6 @@ from distill.eval_buffer import RetrievalEvalBuffer, RetrievalSplit
 from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
 from distill.losses import DirectionScores, DistillationLoss, InfoNCE, LossInputs
 from distill.mining import Candidates, mine_hard_negatives, positive_mask_from_ids
-from distill.students import DualEncoder
 from distill.teachers import Teacher
 from distill.teachers.base import Inputs, select_rows
 
@@ -45,7 +44,8 @@ class DistillationModule(L.LightningModule):
     """Distils ``teacher`` into ``student`` with a weighted sum of ``losses``.
 
     Args:
-        student: the trainable dual encoder.
+        student: the trainable student: any ``nn.Module`` with ``encode_a(a) -> [B, D]``,
+            ``encode_b(b) -> [B, D]`` and a ``logit_scale`` tensor (e.g. :class:`DualEncoder`).
         teacher: a frozen cross-encoder; ``None`` trains the student alone (InfoNCE baseline).
         losses: named loss terms (LightningCLI ``class_path`` entries); default ``{"infonce": InfoNCE()}``.
         loss_weights: weight per loss name (default 1.0 each); names must match ``losses``.
@@ -62,7 +62,7 @@ class DistillationModule(L.LightningModule):
 
     def __init__(
         self,
-        student: DualEncoder,
+        student: nn.Module,
         teacher: Teacher | None = None,
         losses: dict[str, DistillationLoss] | None = None,
         loss_weights: dict[str, float] | None = None,
@@ -211,6 +211,11 @@ class DistillationModule(L.LightningModule):
         self.log("train/temperature", 1.0 / self.student.logit_scale.detach(), batch_size=batch_size)
         for key, value in stats.items():
             self.log(f"train/{key}", value, batch_size=batch_size)
+        embedding_stats = getattr(self.student, "embedding_stats", None)
+        if embedding_stats is not None and inputs.student_embeddings is not None:
+            for side, embeddings in zip(("a", "b"), inputs.student_embeddings):
+                for key, value in embedding_stats(embeddings.detach()).items():
+                    self.log(f"train/{side}_{key}", value, batch_size=batch_size)
         return total
 
     # ------------------------------------------------------------------ evaluation
@@ -229,6 +234,10 @@ class DistillationModule(L.LightningModule):
             return {}
         split = buffer.finalize()
         metrics = retrieval_metrics(split.a_embeddings @ split.b_embeddings.T, split.b_to_a, ks=self.eval_ks)
+        embedding_stats = getattr(self.student, "embedding_stats", None)
+        if embedding_stats is not None:
+            for side, embeddings in (("a", split.a_embeddings), ("b", split.b_embeddings)):
+                metrics.update({f"{side}_{key}": float(value) for key, value in embedding_stats(embeddings).items()})
         results = {"student": metrics}
         if stage == "test" and self.teacher is not None and self.two_stage_k > 0:
             results.update(self._teacher_rankings(split))
@@ -288,13 +297,13 @@ class DistillationModule(L.LightningModule):
                                   global_step=self.global_step)
         return values
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:

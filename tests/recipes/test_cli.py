@@ -32,6 +32,8 @@ def _recipe_args(recipe: str, tmp_path: Path, teacher_dir: Path) -> list[str]:
                  "--model.init_args.teacher.init_args.image_size=32"]
     elif "shapes-cross-encoder.yaml" in text:
         args += [f"--model.init_args.teacher.init_args.weights={teacher_dir}"]
+    if "CosineEmbedding" in text:
+        args += ["--model.init_args.losses.cosine.init_args.teacher_dim=16"]  # the tiny teacher's width
     return args
 
 

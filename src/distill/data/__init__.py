@@ -17,6 +17,8 @@ _EXPORTS: dict[str, str] = {
     "collate_pairs": "batch",
     "normalize_pixels": "batch",
     "pad_token_ids": "batch",
+    "BeirTextDataModule": "beir",
+    "PairedImageTextDataModule": "paired",
     "CaptionPairDataset": "datamodule",
     "EncodedCaptions": "datamodule",
     "ShapesDataModule": "datamodule",
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
         normalize_pixels,
         pad_token_ids,
     )
+    from distill.data.beir import BeirTextDataModule
+    from distill.data.paired import PairedImageTextDataModule
     from distill.data.datamodule import (
         CaptionPairDataset,
         EncodedCaptions,

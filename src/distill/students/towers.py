@@ -71,6 +71,7 @@ class TransformersTextTower(Tower):
             raise ValueError("TransformersTextTower needs exactly one of `pretrained` or `config`")
         if pretrained is not None:
             self.encoder = AutoModel.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+            self.encoder.train()  # from_pretrained returns eval mode; Lightning does not switch it back
         else:
             settings = dict(config or {})
             model_type = settings.pop("model_type", None)

@@ -1,6 +1,18 @@
 """Teachers: frozen cross-encoders that score (a, b) pairs."""
 
 from distill.teachers.base import Teacher, is_frozen, score_in_chunks, select_rows
+from distill.teachers.hf_blip import BlipITMTeacher
+from distill.teachers.hf_cross_encoder import TextCrossEncoderTeacher
+from distill.teachers.hf_vilt import ViltRetrievalTeacher
 from distill.teachers.shapes import ShapesCrossEncoder
 
-__all__ = ["ShapesCrossEncoder", "Teacher", "is_frozen", "score_in_chunks", "select_rows"]
+__all__ = [
+    "BlipITMTeacher",
+    "ShapesCrossEncoder",
+    "Teacher",
+    "TextCrossEncoderTeacher",
+    "ViltRetrievalTeacher",
+    "is_frozen",
+    "score_in_chunks",
+    "select_rows",
+]

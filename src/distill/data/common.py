@@ -1,0 +1,100 @@
+"""Helpers shared by the file-backed data modules: tokenising, bad-item policy, tensor padding."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BadItemPolicy = Literal["error", "skip"]
+BAD_ITEM_POLICIES: tuple[str, ...] = ("error", "skip")
+
+logger = logging.getLogger("distill.data")
+
+
+class DataError(ValueError):
+    """A data file holds an item that cannot be used (the message names the file, item and field)."""
+
+
+class BadItems:
+    """Applies ``on_bad_item``: raise :class:`DataError`, or count the item per reason and log it."""
+
+    def __init__(self, policy: str, owner: str) -> None:
+        if policy not in BAD_ITEM_POLICIES:
+            raise ValueError(f"{owner}: on_bad_item must be one of {BAD_ITEM_POLICIES}, got {policy!r}")
+        self.policy = policy
+        self.owner = owner
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+
+    def report(self, reason: str, message: str) -> None:
+        """Raise (policy ``error``) or record one skipped item (policy ``skip``)."""
+        if self.policy == "error":
+            raise DataError(f"{message} (set data.init_args.on_bad_item: skip to drop such items)")
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, message)
+        if self.counts[reason] <= 3:
+            logger.warning("%s: skipping an item: %s", self.owner, message)
+
+    def summary(self) -> None:
+        """Log one line per reason with the number of skipped items."""
+        for reason, count in sorted(self.counts.items()):
+            logger.warning("%s: skipped %d item(s) (%s), e.g. %s", self.owner, count, reason, self.examples[reason])
+
+
+def model_max_length(tokenizer: Any, requested: int) -> int:
+    """``requested`` capped by the tokenizer's own ``model_max_length`` (ignored when unset/huge)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return min(requested, limit)
+    return requested
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, special_tokens: bool = True,
+             names: tuple[str, str] = ("input_ids", "attention_mask")) -> dict[str, Tensor]:
+    """Tokenise, truncate to ``max_length``, right-pad: ``{names[0]: ids, names[1]: mask}``, long ``[N, L]``."""
+    encoded = tokenizer(list(texts), add_special_tokens=special_tokens, truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt")
+    ids = encoded["input_ids"].long()
+    mask = encoded["attention_mask"].long()
+    if ids.shape[1] == 0:  # every text tokenised to nothing
+        ids = ids.new_zeros(ids.shape[0], 1)
+        mask = mask.new_zeros(mask.shape[0], 1)
+    return {names[0]: ids, names[1]: mask}
+
+
+def same_tokenizer(first: Any, second: Any) -> bool:
+    """True when two tokenizers produce the same ids (same backend definition and max length)."""
+    if first is second:
+        return True
+    try:
+        same_backend = first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    except AttributeError:
+        return False
+    return same_backend and getattr(first, "model_max_length", None) == getattr(second, "model_max_length", None)
+
+
+def stack_images(tensors: Sequence[Tensor], masks: Sequence[Tensor] | None = None,
+                 canvas: int | None = None) -> dict[str, Tensor]:
+    """Stack ``[3, H, W]`` images. When sizes differ (or a ``canvas`` size is given), zero-pad them
+    bottom/right to the largest size (or ``canvas`` x ``canvas``) and add ``pixel_mask [N, H, W]``."""
+    heights = {t.shape[-2] for t in tensors}
+    widths = {t.shape[-1] for t in tensors}
+    if canvas is None and len(heights) == 1 and len(widths) == 1:
+        out = {"pixel_values": torch.stack(list(tensors))}
+        if masks is not None:
+            out["pixel_mask"] = torch.stack([m.long() for m in masks])
+        return out
+    height, width = (canvas, canvas) if canvas is not None else (max(heights), max(widths))
+    if max(heights) > height or max(widths) > width:
+        raise ValueError(f"an image of {max(heights)}x{max(widths)} exceeds the {height}x{width} canvas: "
+                         "raise data.init_args.teacher_image_canvas")
+    values = torch.stack([F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2])) for t in tensors])
+    base = masks if masks is not None else [torch.ones(t.shape[-2:], dtype=torch.long) for t in tensors]
+    mask = torch.stack([F.pad(m.long(), (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in base])
+    return {"pixel_values": values, "pixel_mask": mask}

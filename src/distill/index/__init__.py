@@ -1,0 +1,6 @@
+"""Retrieval indexes: exact dense search and a sparse inverted index (numpy / scipy only)."""
+
+from distill.index.dense import DenseIndex, merge_top_k
+from distill.index.sparse import SparseIndex, as_csr
+
+__all__ = ["DenseIndex", "SparseIndex", "as_csr", "merge_top_k"]
