@@ -19,7 +19,7 @@ Everything is measured in this one process run, side by side:
 Latencies are medians over single-query calls (batch 1), single-threaded (torch, ONNX Runtime and
 BLAS): batch-1 serving gains little from threads, and on a shared machine idle OpenMP threads stall.
 The table goes to stdout and, as markdown with the command line, to ``--out`` (default
-``docs/benchmarks-retrieval.md``).
+``docs/benchmarks.md``, where it replaces its own section).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch
 from distill.index import DenseIndex, SparseIndex
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "docs" / "benchmarks-retrieval.md"
+DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 COLUMNS = ("N", "method", "search ms/query", "end-to-end ms/query", "index bytes",
            "end-to-end speed-up vs teacher", "search speed-up vs dense", "bytes vs dense")
 
@@ -326,9 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     text, markdown = render(rows, notes, settings, command)
     print(text)
     print("\n".join(verdicts(rows, settings)))
-    from distill.io import atomic_write_bytes
+    from distill.report import update_markdown_section
 
-    atomic_write_bytes(args.out, markdown.encode())
+    update_markdown_section(args.out, "retrieval", markdown)
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
 
 

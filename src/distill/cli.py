@@ -16,16 +16,17 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from distill.data.common import DataError
+from distill.errors import RecipeError, TrainingError
+
 EXTRA_COMMANDS = {
     "demo": ("distill.demo", "main", "train the demo teacher and students, print the recall table"),
+    "cache-teacher": ("distill.cache.build", "main",
+                      "score each training anchor's top-K student candidates with the teacher once, into a cache"),
     "export": ("distill.export", "main", "export a trained student: safetensors, config, tokenizer, ONNX, card"),
     "index": ("distill.index.commands", "index_main", "encode a split's b side with an exported student into an index"),
     "search": ("distill.index.commands", "search_main", "search an index with a text or image query"),
 }
-
-
-class RecipeError(RuntimeError):
-    """A recipe could be parsed but not built (missing weights, bad argument values...)."""
 
 
 class DistillCLI(LightningCLI):
@@ -113,5 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"distill: error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except RecipeError as error:
-        print(f"distill: error: {error}", file=sys.stderr)
+        print(f"distill: error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (DataError, TrainingError) as error:
+        print(f"distill: error: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -3,9 +3,17 @@
 The module holds no loss math and no model code. Each training step:
 1. the student encodes both sides; ``S = a @ b.T`` (cosine similarities);
 2. per anchor (both directions) the top-K student-scored negatives are mined (positives masked);
-3. the teacher scores only those ``B x (1+K)`` pairs per direction (duplicates scored once);
+3. the teacher scores only those ``B x (1+K)`` pairs per direction (duplicates scored once), or, with
+   ``teacher_cache``, the candidates and their scores come from the batch (see :mod:`distill.cache`)
+   and the teacher is not called;
 4. every loss term gets the same :class:`~distill.losses.LossInputs`; the module sums
    ``weight * term`` and logs each term.
+
+Under DDP / FSDP (``torch.distributed`` initialised, world size W > 1) steps 1-4 run over the *global*
+batch of ``W * B`` pairs: student embeddings are gathered with gradient, ids and cached scores without
+(:mod:`distill.distributed`). For a live teacher the teacher's raw inputs are gathered too and each rank
+scores the candidates of its own ``B`` anchor rows (``2 * B * (1+K)`` pairs at most), whose scores are
+then gathered; a 2-process run at batch B thus computes the loss and gradients of a 1-process run at 2B.
 """
 
 from __future__ import annotations
@@ -19,11 +27,14 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from distill import distributed
+from distill.cache.candidates import CACHE_BATCH_KEY, resolve_cached_candidates
 from distill.diagnostics import score_distribution_figure, spearman_per_row, standardised_spread
 from distill.eval_buffer import RetrievalEvalBuffer, RetrievalSplit
 from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
 from distill.losses import DirectionScores, DistillationLoss, InfoNCE, LossInputs
 from distill.mining import Candidates, mine_hard_negatives, positive_mask_from_ids
+from distill.students.towers import set_gradient_checkpointing
 from distill.teachers import Teacher
 from distill.teachers.base import Inputs, select_rows
 
@@ -58,6 +69,13 @@ class DistillationModule(L.LightningModule):
         diagnostics: each validation, for up to ``diagnostic_anchors`` a items, mine the student's
             top-K negatives over the split, score them with the teacher, and log the mean Spearman
             correlation of the two orders plus a figure of both score distributions.
+        teacher_cache: a folder written by ``python -m distill cache-teacher``: training reads each anchor's
+            candidates and teacher scores from the batch (the data must be wrapped in
+            :class:`distill.cache.CachedCandidatesDataModule`) and never calls the teacher, which may then be
+            ``None``; when set, the teacher is checked against the cache (class, config, weight hash), as is
+            ``num_hard_negatives`` (at most the cache's K). Losses needing teacher embeddings still need a teacher.
+        gradient_checkpointing: recompute the student towers' activations in the backward pass
+            (:func:`distill.students.towers.set_gradient_checkpointing`): less memory, ~30% more compute.
     """
 
     def __init__(
@@ -74,10 +92,16 @@ class DistillationModule(L.LightningModule):
         evaluate_teacher: bool = False,
         diagnostics: bool = True,
         diagnostic_anchors: int = 256,
+        teacher_cache: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher.freeze() if teacher is not None else None
+        self.teacher_cache = teacher_cache
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(student)
         self.losses = nn.ModuleDict(losses if losses is not None else {"infonce": InfoNCE()})
         self.loss_weights = self._check_weights(dict(loss_weights or {}))
         self._check_losses()
@@ -111,7 +135,8 @@ class DistillationModule(L.LightningModule):
         if not self.losses:
             raise ValueError("model.losses is empty: add at least one loss (e.g. distill.losses.InfoNCE)")
         for name, loss in self.losses.items():
-            if getattr(loss, "requires_teacher", False) and self.teacher is None:
+            from_cache = self.teacher_cache is not None and not getattr(loss, "requires_teacher_embeddings", False)
+            if getattr(loss, "requires_teacher", False) and self.teacher is None and not from_cache:
                 raise ValueError(f"loss '{name}' ({type(loss).__name__}) needs a teacher, but model.teacher is not set")
             if getattr(loss, "requires_teacher_embeddings", False) and not (
                 self.teacher is not None and self.teacher.has_embeddings
@@ -148,15 +173,44 @@ class DistillationModule(L.LightningModule):
             for key, value in self.teacher.state_dict().items():
                 state.setdefault(TEACHER_PREFIX + key, value)
 
+    # ------------------------------------------------------------------ teacher cache
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.teacher_cache is not None:
+            self.verify_teacher_cache()
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is not None and getattr(datamodule, "wrapped_datamodule", None) is None:
+                raise ValueError(
+                    f"model.init_args.teacher_cache is set, but data is {type(datamodule).__name__}, which does not "
+                    "bring the cached candidates into its batches: wrap it, data: {class_path: "
+                    "distill.cache.CachedCandidatesDataModule, init_args: {data: <your data module>}}"
+                )
+
+    def verify_teacher_cache(self) -> dict[str, Any]:
+        """Read ``teacher_cache``'s manifest and refuse it if its teacher or K does not fit this model."""
+        from distill.cache.format import read_manifest, verify_manifest
+
+        assert self.teacher_cache is not None
+        manifest = read_manifest(self.teacher_cache)
+        verify_manifest(manifest, self.teacher_cache, teacher=self.teacher, k=self.num_hard_negatives)
+        return manifest
+
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def teacher_candidate_scores(self, a: Inputs, b: Inputs, cand_a2b: Candidates,
-                                 cand_b2a: Candidates) -> tuple[Tensor, Tensor, int]:
-        """Teacher scores of the mined pairs: ``[B, 1+K]`` per direction, each distinct pair once."""
+    def teacher_candidate_scores(self, a: Inputs, b: Inputs, cand_a2b: Candidates, cand_b2a: Candidates,
+                                 rows: slice | None = None) -> tuple[Tensor, Tensor, int]:
+        """Teacher scores of the mined pairs: ``[B, 1+K]`` per direction, each distinct pair once.
+
+        ``rows`` restricts the scoring to those anchor rows of both directions (``[len(rows), 1+K]`` each),
+        as each rank does for its own anchors in distributed training.
+        """
         assert self.teacher is not None
-        rows = torch.arange(cand_a2b.index.shape[0], device=cand_a2b.index.device).unsqueeze(1)
-        a_index = torch.cat([rows.expand_as(cand_a2b.index).reshape(-1), cand_b2a.index.reshape(-1)])
-        b_index = torch.cat([cand_a2b.index.reshape(-1), rows.expand_as(cand_b2a.index).reshape(-1)])
+        if rows is not None:
+            cand_a2b = Candidates(cand_a2b.index[rows], cand_a2b.valid[rows])
+            cand_b2a = Candidates(cand_b2a.index[rows], cand_b2a.valid[rows])
+        start = 0 if rows is None else (rows.start or 0)
+        anchors = torch.arange(start, start + cand_a2b.index.shape[0], device=cand_a2b.index.device).unsqueeze(1)
+        a_index = torch.cat([anchors.expand_as(cand_a2b.index).reshape(-1), cand_b2a.index.reshape(-1)])
+        b_index = torch.cat([cand_a2b.index.reshape(-1), anchors.expand_as(cand_b2a.index).reshape(-1)])
         width = int(b_index.max()) + 1
         unique_pairs, inverse = torch.unique(a_index * width + b_index, return_inverse=True)
         scores = self.teacher.score_pairs(a, b, unique_pairs // width, unique_pairs % width).float()
@@ -169,16 +223,30 @@ class DistillationModule(L.LightningModule):
         a, b = batch["a"], batch["b"]
         emb_a = self.student.encode_a(a)
         emb_b = self.student.encode_b(b)
+        a_id, b_id = batch["a_id"], batch["b_id"]
+        rows = slice(0, emb_a.shape[0])
+        if distributed.is_distributed():  # the loss runs over the global batch on every rank
+            rows = distributed.local_rows(emb_a.shape[0], emb_a.device)
+            emb_a, emb_b = distributed.gather_with_grad(emb_a), distributed.gather_with_grad(emb_b)
+            a_id, b_id = distributed.gather_tensor(a_id), distributed.gather_tensor(b_id)
         similarity = emb_a @ emb_b.T
-        positives = positive_mask_from_ids(batch["a_id"], batch["a_id"])
+        positives = positive_mask_from_ids(a_id, a_id)
         stats: dict[str, float] = {}
         a2b = b2a = None
-        if self.needs_teacher_scores:
+        if self.needs_teacher_scores and self.teacher_cache is not None:
+            a2b, b2a, stats = self._cached_directions(batch, similarity, a_id, b_id)
+        elif self.needs_teacher_scores:
             k = min(self.num_hard_negatives, similarity.shape[1] - 1)
             cand_a2b = mine_hard_negatives(similarity, positives, k)
             cand_b2a = mine_hard_negatives(similarity.T, positives.T, k)
             teacher_a, teacher_b = teacher_views(batch)
-            teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(teacher_a, teacher_b, cand_a2b, cand_b2a)
+            if distributed.is_distributed():
+                teacher_a, teacher_b = distributed.gather_inputs(teacher_a), distributed.gather_inputs(teacher_b)
+                teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(
+                    teacher_a, teacher_b, cand_a2b, cand_b2a, rows)
+                teacher_a2b, teacher_b2a = distributed.gather_tensor(teacher_a2b), distributed.gather_tensor(teacher_b2a)
+            else:
+                teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(teacher_a, teacher_b, cand_a2b, cand_b2a)
             a2b = DirectionScores(similarity.gather(1, cand_a2b.index), teacher_a2b, cand_a2b.valid)
             b2a = DirectionScores(similarity.T.gather(1, cand_b2a.index), teacher_b2a, cand_b2a.valid)
             stats["teacher_pairs"] = float(pairs)
@@ -187,7 +255,8 @@ class DistillationModule(L.LightningModule):
             assert self.teacher is not None
             teacher_a, teacher_b = teacher_views(batch)
             with torch.no_grad():
-                teacher_embeddings = (self.teacher.embed_a(teacher_a), self.teacher.embed_b(teacher_b))
+                teacher_embeddings = (distributed.gather_tensor(self.teacher.embed_a(teacher_a)),
+                                      distributed.gather_tensor(self.teacher.embed_b(teacher_b)))
         inputs = LossInputs(
             similarity=similarity,
             positive_mask=positives,
@@ -198,6 +267,31 @@ class DistillationModule(L.LightningModule):
             teacher_embeddings=teacher_embeddings,
         )
         return inputs, stats
+
+    def _cached_directions(self, batch: Mapping[str, Any], similarity: Tensor, a_id: Tensor, b_id: Tensor,
+                           ) -> tuple[DirectionScores, DirectionScores, dict[str, float]]:
+        """Both directions from the batch's cached candidates and teacher scores (no teacher call).
+
+        Each anchor keeps its first ``k`` cached candidates present in the (global) batch, in cached order;
+        see :mod:`distill.cache.candidates` for the mining semantics.
+        """
+        cached = batch.get(CACHE_BATCH_KEY)
+        if cached is None:
+            raise ValueError(
+                "model.init_args.teacher_cache is set, but the batch has no cached teacher scores: wrap the data "
+                "module in distill.cache.CachedCandidatesDataModule"
+            )
+        cached = {key: distributed.gather_tensor(value) for key, value in cached.items()}
+        k = min(self.num_hard_negatives, similarity.shape[1] - 1)
+        cand_a2b, teacher_a2b = resolve_cached_candidates(cached["a2b_ids"], cached["a2b_scores"],
+                                                          cached["pair_scores"], b_id, k)
+        cand_b2a, teacher_b2a = resolve_cached_candidates(cached["b2a_ids"], cached["b2a_scores"],
+                                                          cached["pair_scores"], a_id, k)
+        a2b = DirectionScores(similarity.gather(1, cand_a2b.index), teacher_a2b, cand_a2b.valid)
+        b2a = DirectionScores(similarity.T.gather(1, cand_b2a.index), teacher_b2a, cand_b2a.valid)
+        present = (cand_a2b.valid[:, 1:].sum() + cand_b2a.valid[:, 1:].sum()).item()
+        stats = {"teacher_pairs": 0.0, "cached_negatives": float(present) / (2 * similarity.shape[0])}
+        return a2b, b2a, stats
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         inputs, stats = self.build_loss_inputs(batch)
@@ -324,6 +418,35 @@ class DistillationModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+
+def enable_gradient_checkpointing(student: nn.Module) -> list[str]:
+    """Turn on activation checkpointing in the student's towers; returns the names of the parts switched on.
+
+    Towers are ``student.tower_a`` / ``student.tower_b`` (or the student itself, e.g. a CLIP model); each
+    goes through :func:`distill.students.towers.set_gradient_checkpointing`, which supports timm backbones
+    (``set_grad_checkpointing``) and transformers encoders (``gradient_checkpointing_enable``).
+    """
+    parts = {name: getattr(student, name) for name in ("tower_a", "tower_b") if hasattr(student, name)}
+    if not parts and hasattr(student, "model"):
+        parts = {"model": student.model}
+    enabled = []
+    for name, part in parts.items():
+        inner = getattr(part, "backbone", None) or getattr(part, "encoder", None)
+        if inner is None and hasattr(part, "gradient_checkpointing_enable"):
+            part.gradient_checkpointing_enable()
+            enabled.append(name)
+        elif inner is not None and (hasattr(inner, "set_grad_checkpointing")
+                                    or hasattr(inner, "gradient_checkpointing_enable")):
+            set_gradient_checkpointing(part, True)
+            enabled.append(name)
+    if not enabled:
+        raise ValueError(
+            f"model.init_args.gradient_checkpointing: {type(student).__name__} has no tower that supports "
+            "activation checkpointing (timm backbones or transformers encoders under tower_a / tower_b); set it "
+            "to false"
+        )
+    return enabled
 
 
 @torch.no_grad()
