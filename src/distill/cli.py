@@ -8,6 +8,7 @@ recipe is the registry, ``--print_config`` prints the resolved recipe. Extra sub
 
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from distill.checkpoint import unsafe_checkpoint_error
 from distill.data.common import DataError
 from distill.errors import RecipeError, TrainingError
 
@@ -46,11 +48,59 @@ class DistillCLI(LightningCLI):
             **kwargs,  # type: ignore[arg-type]
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path (weights_only=True) for its hyperparameters before anything is built.
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as error:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unsafe_checkpoint_error(path, error) from None
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError) as error:
-            raise RecipeError(one_line(root_cause(error))) from error
+            message = one_line(root_cause(error))
+            config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+            key = recipe_key(config, message)
+            raise RecipeError(f"{key}: {message}" if key else message) from error
+
+
+def _leaves(value: object, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value for every leaf of a (nested) jsonargparse namespace or dict."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()  # type: ignore[union-attr]
+    if not isinstance(value, dict):
+        return {prefix: value} if prefix else {}
+    leaves: dict[str, object] = {}
+    for name, inner in value.items():
+        leaves.update(_leaves(inner, f"{prefix}.{name}" if prefix else str(name)))
+    return leaves
+
+
+def recipe_key(config: object, message: str) -> str | None:
+    """The one recipe key an argument error is about, e.g. ``model.init_args.losses.kl.init_args.temperature``.
+
+    A constructor only knows its own parameter name (``temperature must be > 0, got 0.0``); the key is
+    the single leaf whose name the message mentions and whose value is the ``got`` value. ``None``
+    when the message names a key already, or no single key matches.
+    """
+    got = re.search(r"got (-?[\w.+-]+)", message)
+    if config is None or got is None or re.match(r"^[\w.]+\.[\w.]+[:\s]", message):
+        return None
+    candidates = []
+    for key, value in _leaves(config).items():
+        name = key.rsplit(".", 1)[-1]
+        if not (re.search(rf"\b{re.escape(name)}\b", message) or name.replace("_", " ") in message):
+            continue
+        try:
+            if float(value) != float(got.group(1)):  # type: ignore[arg-type]
+                continue
+        except (TypeError, ValueError):
+            if str(value) != got.group(1):
+                continue
+        candidates.append(key)
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -244,9 +244,11 @@ class DistillationModule(L.LightningModule):
                 teacher_a, teacher_b = distributed.gather_inputs(teacher_a), distributed.gather_inputs(teacher_b)
                 teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(
                     teacher_a, teacher_b, cand_a2b, cand_b2a, rows)
-                teacher_a2b, teacher_b2a = distributed.gather_tensor(teacher_a2b), distributed.gather_tensor(teacher_b2a)
+                teacher_a2b = distributed.gather_tensor(teacher_a2b)
+                teacher_b2a = distributed.gather_tensor(teacher_b2a)
             else:
-                teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(teacher_a, teacher_b, cand_a2b, cand_b2a)
+                teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(
+                    teacher_a, teacher_b, cand_a2b, cand_b2a)
             a2b = DirectionScores(similarity.gather(1, cand_a2b.index), teacher_a2b, cand_a2b.valid)
             b2a = DirectionScores(similarity.T.gather(1, cand_b2a.index), teacher_b2a, cand_b2a.valid)
             stats["teacher_pairs"] = float(pairs)
@@ -434,7 +436,8 @@ def enable_gradient_checkpointing(student: nn.Module) -> list[str]:
     for name, part in parts.items():
         inner = getattr(part, "backbone", None) or getattr(part, "encoder", None)
         if inner is None and hasattr(part, "gradient_checkpointing_enable"):
-            part.gradient_checkpointing_enable()
+            # transformers >= 5 names it activation_checkpointing_enable (the old name is deprecated)
+            getattr(part, "activation_checkpointing_enable", part.gradient_checkpointing_enable)()
             enabled.append(name)
         elif inner is not None and (hasattr(inner, "set_grad_checkpointing")
                                     or hasattr(inner, "gradient_checkpointing_enable")):

@@ -180,7 +180,7 @@ class TextRetrievalDistillationModule(DistillationModule):
         return DirectionScores(student, cached.float().masked_fill(~valid, 0.0), valid)
 
     # ------------------------------------------------------------------ evaluation
-    def _text_step(self, stage: str, batch: Mapping[str, Any]) -> None:
+    def _eval_step(self, stage: str, batch: Mapping[str, Any]) -> None:
         buffer = self._text_buffers.setdefault(stage, {"q": [], "q_id": [], "c": [], "c_id": []})
         if "a" in batch:
             buffer["q"].append(self.student.encode_a(batch["a"]).detach().float().cpu())
@@ -202,7 +202,7 @@ class TextRetrievalDistillationModule(DistillationModule):
             )
         return relevance(stage)
 
-    def _text_epoch_end(self, stage: str) -> dict[str, float]:
+    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         buffer = self._text_buffers.pop(stage, None)
         if not buffer or not buffer["q"] or not buffer["c"]:
             return {}
@@ -217,18 +217,6 @@ class TextRetrievalDistillationModule(DistillationModule):
         if stage == "test":
             self.test_results = {"student": metrics}
         return metrics
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._text_step("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._text_epoch_end("val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._text_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._text_epoch_end("test")
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}

@@ -28,6 +28,7 @@ Batches (``a`` = queries, ``b`` = passages; ids are row numbers in queries.jsonl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -40,7 +41,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from distill.data.common import BadItemPolicy, BadItems, DataError, model_max_length, tokenize
+from distill.data.common import (
+    BadItemPolicy,
+    BadItems,
+    DataError,
+    DataFileNotFound,
+    TruncationLog,
+    model_max_length,
+    read_utf8,
+    tokenize,
+    utf8_lines,
+)
+from distill.data.sampling import EpochShuffleSampler, ResumableDataLoader
 from distill.pretrained import load_tokenizer
 
 OWNER = "BeirTextDataModule"
@@ -48,20 +60,22 @@ Relevance = dict[int, dict[int, float]]
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path.name}: line {number} is not valid JSON: {error}") from error
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path.name}: line {number} is not valid JSON: {error}") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{path.name}: line {number} is not a JSON object")
+        yield number, record
 
 
 def read_texts(path: Path, use_title: bool = False) -> tuple[list[str], list[str], dict[str, int]]:
     """``corpus.jsonl`` / ``queries.jsonl`` -> (ids, texts, id -> row). Titles are prepended when asked."""
     if not path.is_file():
-        raise FileNotFoundError(f"'{path}' not found: data.init_args.data_dir must hold corpus.jsonl, queries.jsonl "
+        raise DataFileNotFound(f"'{path}' not found: data.init_args.data_dir must hold corpus.jsonl, queries.jsonl "
                                 "and qrels/<split>.tsv (the BEIR layout)")
     ids: list[str] = []
     texts: list[str] = []
@@ -86,10 +100,10 @@ def read_qrels(path: Path) -> dict[str, dict[str, float]]:
     """``qrels/<split>.tsv`` (header line, then query-id, corpus-id, score) -> ``{query: {passage: score}}``."""
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
-        raise FileNotFoundError(f"qrels file '{path}' not found (splits with qrels: {available}): set "
+        raise DataFileNotFound(f"qrels file '{path}' not found (splits with qrels: {available}): set "
                                 "data.init_args.val_split / test_split / train_split to one of them")
     qrels: dict[str, dict[str, float]] = {}
-    with path.open(newline="") as handle:
+    with io.StringIO(read_utf8(path), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         for number, row in enumerate(reader, start=1):
             if number == 1 or not row:
@@ -161,7 +175,8 @@ class TextCollator:
     """Tokenises queries / passages for the student and, when given, each text alone for the teacher."""
 
     def __init__(self, queries: list[str], corpus: list[str], student_tokenizer: Any, query_max_length: int,
-                 passage_max_length: int, teacher_tokenizer: Any | None, teacher_max_length: int) -> None:
+                 passage_max_length: int, teacher_tokenizer: Any | None, teacher_max_length: int,
+                 truncation: dict[str, TruncationLog] | None = None) -> None:
         self.queries = queries
         self.corpus = corpus
         self.student_tokenizer = student_tokenizer
@@ -169,27 +184,30 @@ class TextCollator:
         self.passage_max_length = passage_max_length
         self.teacher_tokenizer = teacher_tokenizer
         self.teacher_max_length = teacher_max_length
+        self.truncation = truncation or {}
 
-    def _student(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        return tokenize(self.student_tokenizer, texts, max_length)
+    def _student(self, texts: list[str], side: str) -> dict[str, torch.Tensor]:
+        """Student tokens of queries (``side="query"``) or passages (``"passage"``)."""
+        max_length = self.query_max_length if side == "query" else self.passage_max_length
+        return tokenize(self.student_tokenizer, texts, max_length, truncation_log=self.truncation.get(side))
 
     def _teacher(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return tokenize(self.teacher_tokenizer, texts, self.teacher_max_length, special_tokens=False,
-                        names=("text_ids", "text_mask"))
+                        names=("text_ids", "text_mask"), truncation_log=self.truncation.get("teacher"))
 
     def train(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         queries = [self.queries[item["query"]] for item in items]
         passages = [self.corpus[item["positive"]] for item in items]
         batch: dict[str, Any] = {
-            "a": self._student(queries, self.query_max_length),
-            "b": self._student(passages, self.passage_max_length),
+            "a": self._student(queries, "query"),
+            "b": self._student(passages, "passage"),
             "a_id": torch.tensor([item["query"] for item in items], dtype=torch.long),
             "b_id": torch.tensor([item["positive"] for item in items], dtype=torch.long),
         }
         negatives = [n for item in items for n in item.get("negatives", [])]
         if negatives:
             texts = [self.corpus[n] for n in negatives]
-            batch["b_neg"] = self._student(texts, self.passage_max_length)
+            batch["b_neg"] = self._student(texts, "passage")
             batch["b_neg_id"] = torch.tensor(negatives, dtype=torch.long).view(len(items), -1)
         if self.teacher_tokenizer is not None:
             batch["teacher_a"] = self._teacher(queries)
@@ -201,11 +219,11 @@ class TextCollator:
         return batch
 
     def queries_batch(self, rows: list[int]) -> dict[str, Any]:
-        return {"a": self._student([self.queries[r] for r in rows], self.query_max_length),
+        return {"a": self._student([self.queries[r] for r in rows], "query"),
                 "a_id": torch.tensor(rows, dtype=torch.long)}
 
     def corpus_batch(self, rows: list[int]) -> dict[str, Any]:
-        return {"b": self._student([self.corpus[r] for r in rows], self.passage_max_length),
+        return {"b": self._student([self.corpus[r] for r in rows], "passage"),
                 "b_id": torch.tensor(rows, dtype=torch.long)}
 
 
@@ -221,7 +239,8 @@ class BeirTextDataModule(L.LightningDataModule):
             the positives of ``qrels/<train_split>.tsv``.
         train_split / val_split / test_split: qrels file names (``None`` disables val / test).
         num_negatives: listed negatives per training item (0: in-batch negatives only).
-        query_max_length / passage_max_length: student token limits.
+        query_max_length / passage_max_length: student token limits; longer texts are truncated and
+            counted in the log (``... passages so far were longer than ...``).
         teacher_max_length: limit for each text tokenised for the teacher (the teacher truncates the joined pair).
         use_title: prepend a passage's title to its text.
         on_bad_item: ``error`` (default) stops on a query without qrels or positives, an unknown id
@@ -284,6 +303,11 @@ class BeirTextDataModule(L.LightningDataModule):
         self._eval_queries: dict[str, list[int]] = {}
         self._eval_corpus: dict[str, list[int]] = {}
         self._ready = False
+        self.truncation = {
+            "query": TruncationLog(OWNER, "queries", "data.init_args.query_max_length"),
+            "passage": TruncationLog(OWNER, "passages", "data.init_args.passage_max_length"),
+            "teacher": TruncationLog(OWNER, "texts (teacher tokens)", "data.init_args.teacher_max_length"),
+        }
 
     # ------------------------------------------------------------------ reading
     def _query_row(self, key: str, rows: dict[str, int], where: str) -> int | None:
@@ -321,7 +345,7 @@ class BeirTextDataModule(L.LightningDataModule):
         items: list[TrainItem] = []
         if self.train_file is None:
             if not qrels_path.is_file():
-                raise FileNotFoundError(f"{OWNER}: no training data: set data.init_args.train_file (JSONL triples) "
+                raise DataFileNotFound(f"{OWNER}: no training data: set data.init_args.train_file (JSONL triples) "
                                         f"or provide '{qrels_path}'")
             for query, judged in train_qrels().items():
                 where = f"qrels/{self.train_split}.tsv"
@@ -335,7 +359,7 @@ class BeirTextDataModule(L.LightningDataModule):
         path = Path(self.train_file)
         path = path if path.is_absolute() else self.data_dir / path
         if not path.is_file():
-            raise FileNotFoundError(f"data.init_args.train_file: '{path}' not found")
+            raise DataFileNotFound(f"data.init_args.train_file: '{path}' not found")
         with_scores = 0
         for number, record in _jsonl(path):
             where = f"{path.name}: line {number}"
@@ -427,15 +451,20 @@ class BeirTextDataModule(L.LightningDataModule):
     @property
     def collator(self) -> TextCollator:
         return TextCollator(self.queries, self.corpus, self.student_tokenizer, self.query_max_length,
-                            self.passage_max_length, self.teacher_tokenizer, self.teacher_max_length)
+                            self.passage_max_length, self.teacher_tokenizer, self.teacher_max_length,
+                            self.truncation)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training items; the last partial batch is dropped when there is more than one."""
+        """Training items shuffled by ``(seed, epoch)``; the last partial batch is dropped when there is more than one.
+
+        The order and position resume exactly; the listed negatives drawn per visit do not (their
+        draw counts visits within this process).
+        """
         dataset = TripleDataset(self.train_items, self.num_negatives if self.train_file else 0, self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True,
-                          drop_last=len(dataset) > self.batch_size,
-                          generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, collate_fn=self.collator.train)
+        return ResumableDataLoader(dataset, sampler=EpochShuffleSampler(len(dataset), self.seed),
+                                   batch_size=self.batch_size, drop_last=len(dataset) > self.batch_size,
+                                   generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0, collate_fn=self.collator.train)
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
         if stage not in self._relevance:

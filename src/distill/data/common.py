@@ -1,10 +1,12 @@
-"""Helpers shared by the file-backed data modules: tokenising, bad-item policy, tensor padding."""
+"""Helpers shared by the file-backed data modules: reading text files, tokenising (with a count of
+truncated texts), the bad-item policy, tensor padding."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -19,6 +21,10 @@ logger = logging.getLogger("distill.data")
 
 class DataError(ValueError):
     """A data file holds an item that cannot be used (the message names the file, item and field)."""
+
+
+class DataFileNotFound(DataError, FileNotFoundError):
+    """A data file or folder named by the recipe does not exist (the message names the recipe key)."""
 
 
 class BadItems:
@@ -47,6 +53,73 @@ class BadItems:
             logger.warning("%s: skipped %d item(s) (%s), e.g. %s", self.owner, count, reason, self.examples[reason])
 
 
+def _not_utf8(path: Path, error: UnicodeDecodeError, line: int | None = None) -> DataError:
+    where = f"'{path}' line {line}" if line is not None else f"'{path}'"
+    return DataError(
+        f"{where} is not UTF-8 text (byte {error.object[error.start]:#04x} at byte offset {error.start}"
+        f"{' of the line' if line is not None else ''}): re-encode the file as UTF-8, e.g. "
+        f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+    )
+
+
+def read_utf8(path: Path) -> str:
+    """The whole file as text; a :class:`DataError` naming the file and byte when it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        start = raw.rfind(b"\n", 0, error.start) + 1
+        inner = UnicodeDecodeError(error.encoding, raw[start:], error.start - start, error.end - start, error.reason)
+        raise _not_utf8(path, inner, line) from None
+
+
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` for each line of a UTF-8 file (numbers start at 1)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, error, number) from None
+
+
+class TruncationLog:
+    """Counts texts cut at ``max_length`` tokens and logs the running count at 1, 10, 100, ... texts.
+
+    Long texts are truncated, not rejected: the log line says how many were cut and which setting
+    keeps them whole. With ``num_workers > 0`` each worker process keeps its own count.
+    """
+
+    def __init__(self, owner: str, what: str, setting: str) -> None:
+        self.owner = owner
+        self.what = what
+        self.setting = setting
+        self.count = 0
+        self._next_report = 1
+
+    def add(self, truncated: int, max_length: int) -> None:
+        if truncated <= 0:
+            return
+        self.count += truncated
+        if self.count >= self._next_report:
+            logger.warning("%s: %d %s tokenised so far were longer than %s=%d tokens and were truncated; "
+                           "raise %s to keep them whole", self.owner, self.count, self.what, self.setting, max_length,
+                           self.setting)
+            while self._next_report <= self.count:
+                self._next_report *= 10
+
+
+def count_truncated(tokenizer: Any, texts: Sequence[str], encoded: Any, max_length: int,
+                    special_tokens: bool = True) -> int:
+    """How many of ``texts`` did not fit in ``max_length`` tokens when ``encoded`` was made with truncation."""
+    encodings = getattr(encoded, "encodings", None)
+    if encodings:  # fast tokenizers keep the cut-off tokens of every row
+        return sum(1 for encoding in encodings if encoding.overflowing)
+    longer = tokenizer(list(texts), add_special_tokens=special_tokens, truncation=True, max_length=max_length + 1)
+    return sum(1 for ids in longer["input_ids"] if len(ids) > max_length)
+
+
 def model_max_length(tokenizer: Any, requested: int) -> int:
     """``requested`` capped by the tokenizer's own ``model_max_length`` (ignored when unset/huge)."""
     limit = getattr(tokenizer, "model_max_length", None)
@@ -56,10 +129,16 @@ def model_max_length(tokenizer: Any, requested: int) -> int:
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, special_tokens: bool = True,
-             names: tuple[str, str] = ("input_ids", "attention_mask")) -> dict[str, Tensor]:
-    """Tokenise, truncate to ``max_length``, right-pad: ``{names[0]: ids, names[1]: mask}``, long ``[N, L]``."""
+             names: tuple[str, str] = ("input_ids", "attention_mask"),
+             truncation_log: TruncationLog | None = None) -> dict[str, Tensor]:
+    """Tokenise, truncate to ``max_length``, right-pad: ``{names[0]: ids, names[1]: mask}``, long ``[N, L]``.
+
+    With ``truncation_log``, the texts that were cut are counted there.
+    """
     encoded = tokenizer(list(texts), add_special_tokens=special_tokens, truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")
+    if truncation_log is not None:
+        truncation_log.add(count_truncated(tokenizer, texts, encoded, max_length, special_tokens), max_length)
     ids = encoded["input_ids"].long()
     mask = encoded["attention_mask"].long()
     if ids.shape[1] == 0:  # every text tokenised to nothing

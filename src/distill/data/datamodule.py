@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from distill.data.batch import PairExample, collate_pairs
+from distill.data.sampling import EpochShuffleSampler, ResumableDataLoader
 from distill.data.shapes import SPLITS, ShapesCorpus, binding_negative_caption, generate_corpus
 from distill.data.tokenizer import build_shapes_tokenizer
 
@@ -35,14 +36,25 @@ class EncodedCaptions:
 
 
 def encode_captions(tokenizer: PreTrainedTokenizerBase, captions: list[str], max_length: int) -> EncodedCaptions:
-    """Tokenise every caption once (with ``[CLS]``/``[SEP]``); fails if one exceeds ``max_length``."""
+    """Tokenise every caption once (with ``[CLS]``/``[SEP]``); fails if one exceeds ``max_length``.
+
+    Shapes captions are never truncated: their last words name the second and third objects, so a
+    cut caption would describe another scene and turn binding negatives into false positives.
+    """
     if not captions:
         return EncodedCaptions(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     sequences = tokenizer(captions)["input_ids"]
     lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
     longest = int(lengths.max())
     if longest > max_length:
-        raise ValueError(f"a caption has {longest} tokens, more than max_length={max_length}")
+        too_long = int((lengths > max_length).sum())
+        example = captions[int(lengths.argmax())]
+        raise ValueError(
+            f"ShapesDataModule: {too_long} of {len(captions)} captions are longer than data.init_args.max_length="
+            f"{max_length} tokens (the longest has {longest}, e.g. {example!r}); shapes captions are not truncated "
+            f"because the cut words carry the object bindings: set data.init_args.max_length to at least {longest} "
+            "(and keep it within the teacher's and the student's position limits)"
+        )
     token_ids = np.full((len(sequences), longest), tokenizer.pad_token_id, dtype=np.int64)
     for row, seq in enumerate(sequences):
         token_ids[row, : len(seq)] = seq
@@ -185,7 +197,7 @@ class ShapesDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) caption-level train pairs; the last partial batch is dropped."""
+        """Caption-level train pairs shuffled by ``(seed, epoch)``; the last partial batch is dropped."""
         return self._loader("train", self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -227,13 +239,25 @@ class ShapesDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
+        collate = partial(collate_pairs, pad_token_id=self.pad_token_id)
+        dataset = self.dataset(split)
+        if train:
+            # Epoch e's order depends on (seed, e) only, and the loader's position is checkpointed:
+            # a run resumed with --ckpt_path sees the same batches as an uninterrupted one.
+            return ResumableDataLoader(
+                dataset,
+                sampler=EpochShuffleSampler(len(dataset), self.seed),
+                batch_size=batch_size,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(self.seed),
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                collate_fn=collate,
+            )
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=partial(collate_pairs, pad_token_id=self.pad_token_id),
+            collate_fn=collate,
         )

@@ -34,13 +34,22 @@ from distill.data.common import (
     BadItemPolicy,
     BadItems,
     DataError,
+    DataFileNotFound,
+    TruncationLog,
     model_max_length,
+    read_utf8,
     same_tokenizer,
     stack_images,
     tokenize,
+    utf8_lines,
 )
+from distill.data.sampling import EpochShuffleSampler, ResumableDataLoader
 from distill.pretrained import load_processor_parts
 
+UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+)
+"""What Pillow raises for a missing, truncated, corrupt, non-image or oversized file."""
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 OWNER = "PairedImageTextDataModule"
@@ -99,10 +108,21 @@ def _same_image_processor(first: Any, second: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_karpathy(path: Path, image_root: Path) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
-    """Karpathy JSON -> ``{split: [(image path, captions, image id, caption ids, where)]}``."""
+def _duplicates(bad_items: BadItems | None) -> BadItems:
+    return bad_items if bad_items is not None else BadItems("error", OWNER)
+
+
+def read_karpathy(path: Path, image_root: Path, bad_items: BadItems | None = None,
+                  ) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
+    """Karpathy JSON -> ``{split: [(image path, captions, image id, caption ids, where)]}``.
+
+    A repeated ``imgid`` (two images sharing one id would make each other's captions positives) or
+    ``sentid`` is reported through ``bad_items`` (default: raise); under ``skip`` the later image or
+    caption is dropped.
+    """
+    bad_items = _duplicates(bad_items)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise DataError(f"'{path}' is not valid JSON: {error}") from error
     images = data.get("images") if isinstance(data, dict) else None
@@ -110,50 +130,88 @@ def read_karpathy(path: Path, image_root: Path) -> dict[str, list[tuple[Path, li
         raise DataError(f"'{path}' has no 'images' list: expected the Karpathy-split JSON (dataset_coco.json)")
     splits: dict[str, list[tuple[Path, list[str], int, list[int], str]]] = {}
     next_caption = 0
+    image_owner: dict[int, str] = {}
+    caption_owner: dict[int, str] = {}
     for index, entry in enumerate(images):
         where = f"{path.name}: images[{index}]"
-        for key in ("filename", "sentences", "split"):
+        if not isinstance(entry, dict):
+            raise DataError(f"{where} is not an object: expected {{filename, sentences, split, imgid}}")
+        for key, hint in (("filename", "the image file name"), ("sentences", "the captions"),
+                          ("split", "train, restval, val or test; the Karpathy-split JSON has one per image")):
             if key not in entry:
-                raise DataError(f"{where} has no '{key}' field")
+                raise DataError(f"{where} has no '{key}' field ({hint})")
         folder = image_root / entry["filepath"] if entry.get("filepath") else image_root
+        image_id = int(entry.get("imgid", index))
+        if image_id in image_owner:
+            bad_items.report("duplicate_id", f"{where} repeats imgid {image_id} of {image_owner[image_id]}: each "
+                             "image needs its own imgid, or the two images' captions count as positives of each other")
+            next_caption += len(entry["sentences"])
+            continue
+        image_owner[image_id] = where
         captions, caption_ids = [], []
         for position, sentence in enumerate(entry["sentences"]):
             raw = sentence.get("raw", sentence.get("caption")) if isinstance(sentence, dict) else sentence
-            captions.append("" if raw is None else str(raw))
             sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
-            caption_ids.append(int(sentid) if sentid is not None else next_caption + position)
-        next_caption += len(captions)
-        image_id = int(entry.get("imgid", index))
+            caption_id = int(sentid) if sentid is not None else next_caption + position
+            if caption_id in caption_owner:
+                bad_items.report("duplicate_id", f"{where} sentences[{position}] repeats sentid {caption_id} of "
+                                 f"{caption_owner[caption_id]}: each caption needs its own sentid")
+                continue
+            caption_owner[caption_id] = f"{where} sentences[{position}]"
+            captions.append("" if raw is None else str(raw))
+            caption_ids.append(caption_id)
+        next_caption += len(entry["sentences"])
         splits.setdefault(str(entry["split"]), []).append(
             (folder / entry["filename"], captions, image_id, caption_ids, f"{where} '{entry['filename']}'")
         )
     return splits
 
 
-def read_jsonl(path: Path, image_root: Path) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
-    """JSONL of ``{image, caption, image_id?, split?}`` -> the same layout as :func:`read_karpathy`."""
+def read_jsonl(path: Path, image_root: Path, bad_items: BadItems | None = None,
+               ) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
+    """JSONL of ``{image, caption, image_id?, split?}`` -> the same layout as :func:`read_karpathy`.
+
+    An ``image_id`` given to two different image files, or one image file listed under two
+    ``image_id`` values, is reported through ``bad_items`` (default: raise); under ``skip`` the
+    later line is dropped.
+    """
+    bad_items = _duplicates(bad_items)
     grouped: dict[tuple[str, Any], tuple[Path, list[str], int, list[int], str]] = {}
     image_ids: dict[Any, int] = {}
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}: line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where} is not valid JSON: {error}") from error
-            for key in ("image", "caption"):
-                if key not in row:
-                    raise DataError(f"{where} has no '{key}' field (expected {{image, caption, image_id}})")
-            key_id = row.get("image_id", row["image"])
-            image_id = image_ids.setdefault(json.dumps(key_id, sort_keys=True), len(image_ids))
-            split = str(row.get("split", "train"))
-            entry = grouped.setdefault(
-                (split, image_id), (image_root / row["image"], [], image_id, [], f"{where} '{row['image']}'")
-            )
-            entry[1].append("" if row["caption"] is None else str(row["caption"]))
-            entry[3].append(number)
+    id_owner: dict[str, tuple[str, int]] = {}  # image_id key -> (image path, first line)
+    path_owner: dict[str, tuple[str, int]] = {}  # image path -> (image_id key, first line)
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path.name}: line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where} is not valid JSON: {error}") from error
+        if not isinstance(row, dict):
+            raise DataError(f"{where} is not an object (expected {{image, caption, image_id}})")
+        for key in ("image", "caption"):
+            if key not in row:
+                raise DataError(f"{where} has no '{key}' field (expected {{image, caption, image_id}})")
+        key_id = json.dumps(row.get("image_id", row["image"]), sort_keys=True)
+        image = str(row["image"])
+        owner_path, owner_line = id_owner.setdefault(key_id, (image, number))
+        if owner_path != image:
+            bad_items.report("duplicate_id", f"{where}: image_id {key_id} names '{image}', but line {owner_line} gave "
+                             f"it to '{owner_path}': give each image file its own image_id")
+            continue
+        owner_id, owner_line = path_owner.setdefault(image, (key_id, number))
+        if owner_id != key_id:
+            bad_items.report("duplicate_id", f"{where}: image '{image}' has image_id {key_id}, but line {owner_line} "
+                             f"listed it as image_id {owner_id}: use one image_id per image file")
+            continue
+        image_id = image_ids.setdefault(key_id, len(image_ids))
+        split = str(row.get("split", "train"))
+        entry = grouped.setdefault(
+            (split, image_id), (image_root / image, [], image_id, [], f"{where} '{image}'")
+        )
+        entry[1].append("" if row["caption"] is None else str(row["caption"]))
+        entry[3].append(number)
     splits: dict[str, list[tuple[Path, list[str], int, list[int], str]]] = {}
     for (split, _), entry in grouped.items():
         splits.setdefault(split, []).append(entry)
@@ -184,9 +242,9 @@ class PairedImageTextDataset(Dataset):
                 return handle.convert("RGB")
         except FileNotFoundError:
             self.bad_items.report("missing_image", f"image file '{record.image}' not found ({record.where})")
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            self.bad_items.report("unreadable_image",
-                                  f"cannot decode image file '{record.image}' ({record.where}): {error}")
+        except UNREADABLE_IMAGE_ERRORS as error:
+            self.bad_items.report("unreadable_image", f"cannot decode image file '{record.image}' ({record.where}): "
+                                  f"{error or type(error).__name__}; replace or remove the file")
         return None
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
@@ -208,12 +266,16 @@ class PairedCollator:
     """Builds a :class:`distill.data.batch.PairBatch` (plus ``teacher_a`` / ``teacher_b``) from items."""
 
     def __init__(self, student_tokenizer: Any, student_max_length: int, teacher_tokenizer: Any | None = None,
-                 teacher_max_length: int | None = None, teacher_image_canvas: int | None = None) -> None:
+                 teacher_max_length: int | None = None, teacher_image_canvas: int | None = None,
+                 student_truncation: TruncationLog | None = None,
+                 teacher_truncation: TruncationLog | None = None) -> None:
         self.student_tokenizer = student_tokenizer
         self.teacher_image_canvas = teacher_image_canvas
         self.student_max_length = student_max_length
         self.teacher_tokenizer = teacher_tokenizer
         self.teacher_max_length = teacher_max_length
+        self.student_truncation = student_truncation
+        self.teacher_truncation = teacher_truncation
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
@@ -223,7 +285,8 @@ class PairedCollator:
         student = [item["pixels"] for item in kept]
         batch: dict[str, Any] = {
             "a": {"pixel_values": stack_images([p["pixel_values"] for p in student])["pixel_values"]},
-            "b": tokenize(self.student_tokenizer, captions, self.student_max_length),
+            "b": tokenize(self.student_tokenizer, captions, self.student_max_length,
+                          truncation_log=self.student_truncation),
             "a_id": torch.tensor([item["a_id"] for item in kept], dtype=torch.long),
             "b_id": torch.tensor([item["b_id"] for item in kept], dtype=torch.long),
         }
@@ -233,7 +296,8 @@ class PairedCollator:
             batch["teacher_a"] = stack_images([v["pixel_values"] for v in views], masks, self.teacher_image_canvas)
         if self.teacher_tokenizer is not None:
             assert self.teacher_max_length is not None
-            batch["teacher_b"] = tokenize(self.teacher_tokenizer, captions, self.teacher_max_length)
+            batch["teacher_b"] = tokenize(self.teacher_tokenizer, captions, self.teacher_max_length,
+                                          truncation_log=self.teacher_truncation)
         return batch
 
 
@@ -260,9 +324,11 @@ class PairedImageTextDataModule(L.LightningDataModule):
             teachers whose processor keeps the aspect ratio (ViLT: 640), so that all batches share
             one shape and test-time re-ranking can concatenate them.
         max_length / teacher_max_length: caption token limits (capped by each tokenizer's own limit;
-            ``teacher_max_length`` defaults to ``max_length``).
-        on_bad_item: ``error`` (default) stops on a missing or unreadable image or an empty caption
-            with a message naming the file and field; ``skip`` drops such items, counts and logs them.
+            ``teacher_max_length`` defaults to ``max_length``). Longer captions are truncated and
+            counted in the log (``... captions so far were longer than ...``).
+        on_bad_item: ``error`` (default) stops on a missing or unreadable image, an empty caption or
+            a repeated id with a message naming the file and field; ``skip`` drops such items, counts
+            and logs them.
         verify_images: open every image at setup (catches unreadable files before training starts).
         limit_per_split: keep only the first N images of each split (quick trials).
     """
@@ -340,18 +406,23 @@ class PairedImageTextDataModule(L.LightningDataModule):
         self.teacher_max_length = (model_max_length(teacher_tok, teacher_max_length or max_length)
                                    if teacher_tok is not None else None)
         self.datasets: dict[str, PairedImageTextDataset] = {}
+        self._kind = format
+        self.student_truncation = TruncationLog(OWNER, "captions", "data.init_args.max_length")
+        self.teacher_truncation = TruncationLog(OWNER, "captions (teacher tokens)",
+                                                "data.init_args.teacher_max_length")
 
     # ------------------------------------------------------------------ setup
     def _read(self) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
         if not self.annotations.is_file():
-            raise FileNotFoundError(f"data.init_args.annotations: file '{self.annotations}' not found")
+            raise DataFileNotFound(f"data.init_args.annotations: file '{self.annotations}' not found")
         if not self.image_root.is_dir():
-            raise FileNotFoundError(f"data.init_args.image_root: folder '{self.image_root}' not found")
+            raise DataFileNotFound(f"data.init_args.image_root: folder '{self.image_root}' not found")
         kind = self.format
         if kind == "auto":
             kind = "jsonl" if self.annotations.suffix == ".jsonl" else "karpathy"
+        self._kind = kind
         reader = read_jsonl if kind == "jsonl" else read_karpathy
-        return reader(self.annotations, self.image_root)
+        return reader(self.annotations, self.image_root, self.bad_items)
 
     def _records(self, entries: list[tuple[Path, list[str], int, list[int], str]]) -> list[PairRecord]:
         if self.limit_per_split is not None:
@@ -366,7 +437,9 @@ class PairedImageTextDataModule(L.LightningDataModule):
                 continue
             for position, (caption, caption_id) in enumerate(zip(captions, caption_ids)):
                 if not caption.strip():
-                    self.bad_items.report("empty_caption", f"empty caption: {where} sentences[{position}].raw")
+                    field = (f"{self.annotations.name}: line {caption_id} 'caption'" if self._kind == "jsonl"
+                             else f"{where} sentences[{position}].raw")
+                    self.bad_items.report("empty_caption", f"empty caption (blank or whitespace only): {field}")
                     continue
                 records.append(PairRecord(image, caption.strip(), image_id, caption_id, where))
         return records
@@ -376,8 +449,9 @@ class PairedImageTextDataModule(L.LightningDataModule):
             with Image.open(image) as handle:
                 handle.verify()
             return True
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            self.bad_items.report("unreadable_image", f"cannot decode image file '{image}' ({where}): {error}")
+        except UNREADABLE_IMAGE_ERRORS as error:
+            self.bad_items.report("unreadable_image", f"cannot decode image file '{image}' ({where}): "
+                                  f"{error or type(error).__name__}; replace or remove the file")
             return False
 
     def setup(self, stage: str | None = None) -> None:
@@ -405,7 +479,7 @@ class PairedImageTextDataModule(L.LightningDataModule):
     @property
     def collator(self) -> PairedCollator:
         return PairedCollator(self.student_tokenizer, self.max_length, self.teacher_tokenizer, self.teacher_max_length,
-                              self.teacher_image_canvas)
+                              self.teacher_image_canvas, self.student_truncation, self.teacher_truncation)
 
     def dataset(self, split: str) -> PairedImageTextDataset:
         if split not in self.datasets:
@@ -415,19 +489,28 @@ class PairedImageTextDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         dataset = self.dataset(split)
+        if train:
+            # Epoch e's order depends on (seed, e) only and the position is checkpointed (resumable).
+            return ResumableDataLoader(
+                dataset,
+                sampler=EpochShuffleSampler(len(dataset), self.seed),
+                batch_size=batch_size,
+                drop_last=len(dataset) > batch_size,
+                generator=torch.Generator().manual_seed(self.seed),
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                collate_fn=self.collator,
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) caption-level pairs of the train splits."""
+        """Caption-level pairs of the train splits, shuffled by ``(seed, epoch)``."""
         return self._loader("train", self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

@@ -11,6 +11,7 @@ from .cprd import CPRD, cprd_loss, cprd_valid_mask
 from .dcd import DCD, dcd_difficulty, dcd_loss, dcd_sample_weights, select_teacher_hard_negatives
 from .flops import FLOPS, flops_loss, quadratic_warmup
 from .guards import (
+    NonFiniteError,
     check_finite,
     check_same_shape,
     check_shape,
@@ -61,6 +62,7 @@ __all__ = [
     "flops_loss",
     "quadratic_warmup",
     # guards
+    "NonFiniteError",
     "check_finite",
     "check_shape",
     "check_same_shape",

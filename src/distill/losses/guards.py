@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "NonFiniteError",
     "checks_enabled",
     "set_checks_enabled",
     "check_finite",
@@ -33,6 +34,10 @@ __all__ = [
 _CHECKS_ENABLED = True
 
 
+class NonFiniteError(ValueError):
+    """A loss input holds NaN or inf (raised by :func:`check_finite`; see ``distill.callbacks.NonFiniteGuard``)."""
+
+
 def checks_enabled() -> bool:
     """Whether the value checks (finite inputs, collapse/scale warnings) run."""
     return _CHECKS_ENABLED
@@ -48,7 +53,7 @@ def set_checks_enabled(enabled: bool) -> None:
 
 
 def check_finite(name: str, tensor: Tensor) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``tensor`` holds NaN or +-inf values."""
+    """Raise :class:`NonFiniteError` (a ``ValueError``) naming ``name`` if ``tensor`` holds NaN or +-inf values."""
     if not _CHECKS_ENABLED or not tensor.is_floating_point():
         return
     t = tensor.detach()
@@ -56,7 +61,7 @@ def check_finite(name: str, tensor: Tensor) -> None:
         return
     n_nan, n_inf = (int(v) for v in torch.stack([torch.isnan(t).sum(), torch.isinf(t).sum()]).tolist())
     if n_nan or n_inf:
-        raise ValueError(
+        raise NonFiniteError(
             f"{name} contains non-finite values: {n_nan} NaN and {n_inf} inf "
             f"out of {t.numel()} entries (shape {tuple(t.shape)})"
         )

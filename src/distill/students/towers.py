@@ -70,14 +70,17 @@ class TransformersTextTower(Tower):
         if (pretrained is None) == (config is None):
             raise ValueError("TransformersTextTower needs exactly one of `pretrained` or `config`")
         if pretrained is not None:
-            self.encoder = AutoModel.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+            self.encoder = AutoModel.from_pretrained(
+                pretrained, trust_remote_code=trust_remote_code, use_safetensors=True, **_no_pooler(pretrained)
+            )
             self.encoder.train()  # from_pretrained returns eval mode; Lightning does not switch it back
         else:
             settings = dict(config or {})
             model_type = settings.pop("model_type", None)
             if model_type is None:
                 raise ValueError("TransformersTextTower `config` needs a `model_type` key (e.g. 'bert')")
-            self.encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **settings))
+            model_config = AutoConfig.for_model(model_type, **settings)
+            self.encoder = AutoModel.from_config(model_config, **_no_pooler(model_config))
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.pooling = pooling
@@ -96,6 +99,15 @@ class TransformersTextTower(Tower):
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def _no_pooler(source: Any) -> dict[str, Any]:
+    """Skip BERT-style poolers: towers pool themselves, and an unused pooler breaks plain DDP."""
+    config = source if not isinstance(source, str) else AutoConfig.from_pretrained(source)
+    return {"add_pooling_layer": False} if getattr(config, "model_type", "") in POOLER_MODEL_TYPES else {}
+
+
+POOLER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert"})
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
@@ -108,7 +120,8 @@ def set_gradient_checkpointing(tower: nn.Module, enabled: bool) -> None:
     if hasattr(inner, "set_grad_checkpointing"):
         inner.set_grad_checkpointing(True)
     elif hasattr(inner, "gradient_checkpointing_enable"):
-        inner.gradient_checkpointing_enable()
+        # transformers >= 5 calls it activation_checkpointing_enable (the old name is deprecated)
+        getattr(inner, "activation_checkpointing_enable", inner.gradient_checkpointing_enable)()
 
 
 __all__ = ["TimmImageTower", "Tower", "TransformersTextTower", "count_parameters", "set_gradient_checkpointing", "torch"]
