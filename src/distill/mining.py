@@ -7,6 +7,7 @@ that are positives of the anchor (e.g. other captions of the same image) are nev
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,18 @@ class Candidates:
 def positive_mask_from_ids(a_ids: Tensor, b_owner_ids: Tensor) -> Tensor:
     """``[B], [B] -> [B, B]`` bool: True where a_i and b_j belong to the same item id."""
     return a_ids.unsqueeze(1) == b_owner_ids.unsqueeze(0)
+
+
+def repeated_columns(ids: Tensor) -> Tensor:
+    """``[M] -> [M]`` bool: True for every column whose id already occurred in an earlier column.
+
+    A batch holding several captions of one image holds that image several times; masking the
+    repeats keeps one image from filling several of a caption's K negative slots.
+    """
+    order = torch.arange(ids.numel(), device=ids.device)
+    same = ids.unsqueeze(0) == ids.unsqueeze(1)  # [M, M]
+    earlier = same & (order.unsqueeze(0) < order.unsqueeze(1))
+    return earlier.any(dim=1)
 
 
 @torch.no_grad()
@@ -66,3 +79,55 @@ def mine_hard_negatives(similarity: Tensor, positive_mask: Tensor, k: int) -> Ca
     index = torch.cat([diagonal, neg_index], dim=1)
     valid = torch.cat([torch.ones_like(neg_valid[:, :1]), neg_valid], dim=1)
     return Candidates(index=index, valid=valid)
+
+
+@dataclass
+class QueueSide:
+    """One side of the queue: embeddings ``[Q, D]``, the teacher's inputs for them, and item ids ``[Q]``."""
+
+    embeddings: Tensor
+    inputs: dict[str, Tensor]
+    ids: Tensor
+
+
+class NegativeQueue:
+    """A FIFO of about the last ``size`` items per side from earlier batches (MoCo-style memory).
+
+    Whole batches are kept: after a push the queue holds the newest batches totalling at most
+    ``size`` items (at least the newest batch).
+
+    Mining over ``[batch | queue]`` gives each anchor more candidates than one batch holds. Queue
+    embeddings are detached and were computed by an earlier student (they go stale slowly at small
+    learning rates); the teacher scores queue items from their stored inputs, so teacher scores are
+    exact. The queue is not checkpointed: a resumed run refills it within ``size / batch`` steps.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"the negative queue size must be >= 1, got {size}")
+        self.size = size
+        self._batches: deque[tuple[QueueSide, QueueSide]] = deque()
+
+    def __len__(self) -> int:
+        return sum(int(a.ids.numel()) for a, _ in self._batches)
+
+    @torch.no_grad()
+    def push(self, a: QueueSide, b: QueueSide) -> None:
+        def detach(side: QueueSide) -> QueueSide:
+            return QueueSide(side.embeddings.detach(), {k: v.detach() for k, v in side.inputs.items()}, side.ids.detach())
+
+        self._batches.append((detach(a), detach(b)))
+        while len(self._batches) > 1 and len(self) > self.size:
+            self._batches.popleft()
+
+    def sides(self) -> tuple[QueueSide, QueueSide] | None:
+        """Everything queued, oldest first, as one ``QueueSide`` per side (``None`` when empty)."""
+        if not self._batches:
+            return None
+        from distill.eval_buffer import concat_inputs
+
+        def merge(parts: list[QueueSide]) -> QueueSide:
+            return QueueSide(torch.cat([p.embeddings for p in parts]), concat_inputs([p.inputs for p in parts]),
+                             torch.cat([p.ids for p in parts]))
+
+        return merge([a for a, _ in self._batches]), merge([b for _, b in self._batches])

@@ -30,10 +30,17 @@ from torch import Tensor, nn
 from distill import distributed
 from distill.cache.candidates import CACHE_BATCH_KEY, resolve_cached_candidates
 from distill.diagnostics import score_distribution_figure, spearman_per_row, standardised_spread
-from distill.eval_buffer import RetrievalEvalBuffer, RetrievalSplit
+from distill.eval_buffer import RetrievalEvalBuffer, RetrievalSplit, concat_inputs
 from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
 from distill.losses import DirectionScores, DistillationLoss, InfoNCE, LossInputs
-from distill.mining import Candidates, mine_hard_negatives, positive_mask_from_ids
+from distill.mining import (
+    Candidates,
+    NegativeQueue,
+    QueueSide,
+    mine_hard_negatives,
+    positive_mask_from_ids,
+    repeated_columns,
+)
 from distill.students.towers import set_gradient_checkpointing
 from distill.teachers import Teacher
 from distill.teachers.base import Inputs, select_rows
@@ -61,6 +68,8 @@ class DistillationModule(L.LightningModule):
         losses: named loss terms (LightningCLI ``class_path`` entries); default ``{"infonce": InfoNCE()}``.
         loss_weights: weight per loss name (default 1.0 each); names must match ``losses``.
         num_hard_negatives: K, the student-mined negatives per anchor that the teacher scores.
+        negative_queue_size: mine over the batch plus about this many items per side kept from earlier
+            batches (:class:`~distill.mining.NegativeQueue`; 0: in-batch only; single process, live teacher).
         optimizer / lr_scheduler: callables receiving the trainable parameters / the optimizer.
         eval_ks: Recall cut-offs.
         two_stage_k: at test time, also report the student's top-k re-ranked by the teacher (0: off).
@@ -85,6 +94,7 @@ class DistillationModule(L.LightningModule):
         losses: dict[str, DistillationLoss] | None = None,
         loss_weights: dict[str, float] | None = None,
         num_hard_negatives: int = 8,
+        negative_queue_size: int = 0,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         eval_ks: tuple[int, ...] = DEFAULT_KS,
@@ -108,6 +118,9 @@ class DistillationModule(L.LightningModule):
         if num_hard_negatives < 1:
             raise ValueError(f"model.num_hard_negatives must be >= 1, got {num_hard_negatives}")
         self.num_hard_negatives = num_hard_negatives
+        if negative_queue_size < 0:
+            raise ValueError(f"model.negative_queue_size must be >= 0, got {negative_queue_size}")
+        self.negative_queue = NegativeQueue(negative_queue_size) if negative_queue_size else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.eval_ks = tuple(eval_ks)
@@ -235,10 +248,13 @@ class DistillationModule(L.LightningModule):
         a2b = b2a = None
         if self.needs_teacher_scores and self.teacher_cache is not None:
             a2b, b2a, stats = self._cached_directions(batch, similarity, a_id, b_id)
+        elif self.needs_teacher_scores and self.negative_queue is not None and not distributed.is_distributed():
+            a2b, b2a, stats = self._queued_directions(batch, emb_a, emb_b, a_id)
         elif self.needs_teacher_scores:
             k = min(self.num_hard_negatives, similarity.shape[1] - 1)
             cand_a2b = mine_hard_negatives(similarity, positives, k)
-            cand_b2a = mine_hard_negatives(similarity.T, positives.T, k)
+            # b->a columns are a items, which repeat when a batch holds several captions of one image.
+            cand_b2a = mine_hard_negatives(similarity.T, positives.T | repeated_columns(a_id).unsqueeze(0), k)
             teacher_a, teacher_b = teacher_views(batch)
             if distributed.is_distributed():
                 teacher_a, teacher_b = distributed.gather_inputs(teacher_a), distributed.gather_inputs(teacher_b)
@@ -269,6 +285,38 @@ class DistillationModule(L.LightningModule):
             teacher_embeddings=teacher_embeddings,
         )
         return inputs, stats
+
+    def _queued_directions(self, batch: Mapping[str, Any], emb_a: Tensor, emb_b: Tensor, a_id: Tensor,
+                           ) -> tuple[DirectionScores, DirectionScores, dict[str, float]]:
+        """Both directions mined over ``[batch | queue]`` columns; the teacher scores the chosen pairs.
+
+        Columns ``0..B-1`` are the batch (anchor i's positive is column i), the rest are queued items.
+        """
+        assert self.negative_queue is not None
+        teacher_a, teacher_b = teacher_views(batch)
+        queued = self.negative_queue.sides()
+        if queued is None:
+            queue_a = QueueSide(emb_a[:0].detach(), {k: v[:0] for k, v in teacher_a.items()}, a_id[:0])
+            queue_b = QueueSide(emb_b[:0].detach(), {k: v[:0] for k, v in teacher_b.items()}, a_id[:0])
+        else:
+            queue_a, queue_b = queued
+        columns_a_ids = torch.cat([a_id, queue_a.ids])
+        columns_b_owner = torch.cat([a_id, queue_b.ids])
+        sim_a2b = emb_a @ torch.cat([emb_b, queue_b.embeddings]).T  # [B, B + Qb]
+        sim_b2a = emb_b @ torch.cat([emb_a, queue_a.embeddings]).T  # [B, B + Qa]
+        positives_a2b = a_id.unsqueeze(1) == columns_b_owner.unsqueeze(0)
+        positives_b2a = (a_id.unsqueeze(1) == columns_a_ids.unsqueeze(0)) | repeated_columns(columns_a_ids)
+        k = min(self.num_hard_negatives, sim_a2b.shape[1] - 1)
+        cand_a2b = mine_hard_negatives(sim_a2b, positives_a2b, k)
+        cand_b2a = mine_hard_negatives(sim_b2a, positives_b2a, k)
+        all_a = concat_inputs([teacher_a, queue_a.inputs])
+        all_b = concat_inputs([teacher_b, queue_b.inputs])
+        teacher_a2b, teacher_b2a, pairs = self.teacher_candidate_scores(all_a, all_b, cand_a2b, cand_b2a)
+        a2b = DirectionScores(sim_a2b.gather(1, cand_a2b.index), teacher_a2b, cand_a2b.valid)
+        b2a = DirectionScores(sim_b2a.gather(1, cand_b2a.index), teacher_b2a, cand_b2a.valid)
+        from_queue = ((cand_a2b.index[:, 1:] >= emb_a.shape[0]) & cand_a2b.valid[:, 1:]).float().mean()
+        self.negative_queue.push(QueueSide(emb_a, teacher_a, a_id), QueueSide(emb_b, teacher_b, a_id))
+        return a2b, b2a, {"teacher_pairs": float(pairs), "queue_negatives_share": float(from_queue)}
 
     def _cached_directions(self, batch: Mapping[str, Any], similarity: Tensor, a_id: Tensor, b_id: Tensor,
                            ) -> tuple[DirectionScores, DirectionScores, dict[str, float]]:

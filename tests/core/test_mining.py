@@ -36,3 +36,21 @@ def test_rejects_bad_k_and_missing_diagonal() -> None:
         mine_hard_negatives(torch.rand(2, 2), torch.eye(2, dtype=torch.bool), k=0)
     with pytest.raises(ValueError, match="diagonal"):
         mine_hard_negatives(torch.rand(2, 2), torch.zeros(2, 2, dtype=torch.bool), k=1)
+
+
+def test_repeated_images_fill_one_negative_slot() -> None:
+    from distill.mining import repeated_columns
+
+    a_id = torch.tensor([0, 1, 1, 2])  # image 1 appears twice (two of its captions are in the batch)
+    assert repeated_columns(a_id).tolist() == [False, False, True, False]
+    positives = positive_mask_from_ids(a_id, a_id)
+    similarity = torch.tensor([  # rows: captions (b->a anchors), columns: images
+        [0.9, 0.8, 0.8, 0.1],
+        [0.1, 0.9, 0.9, 0.2],
+        [0.1, 0.9, 0.9, 0.2],
+        [0.3, 0.7, 0.7, 0.9],
+    ])
+    mask = positives | repeated_columns(a_id).unsqueeze(0)
+    candidates = mine_hard_negatives(similarity, mask, k=2)
+    assert candidates.index[0, 1:].tolist() == [1, 3]  # image 1 once, then image 2
+    assert candidates.index[3, 1:].tolist() == [1, 0]

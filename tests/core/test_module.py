@@ -106,3 +106,43 @@ def test_test_stage_reports_student_two_stage_and_teacher(tiny_student, tiny_tea
     assert results["two_stage"]["exhaustive_pairs"] == num_images * num_captions
     for values in results.values():
         assert 0 <= values["rsum"] <= 600
+
+
+def test_negative_queue_mines_earlier_batches(tiny_student, tiny_teacher, tiny_datamodule) -> None:
+    module = _module(tiny_student, tiny_teacher, negative_queue_size=16)
+    loader = iter(tiny_datamodule.train_dataloader())
+    first, second = next(loader), next(loader)
+    _, stats = module.build_loss_inputs(first)
+    assert stats["queue_negatives_share"] == 0.0  # nothing queued yet
+    assert len(module.negative_queue) == first["a_id"].numel()
+    inputs, stats = module.build_loss_inputs(second)
+    assert inputs.a2b.student.shape == (second["a_id"].numel(), 4)
+    assert stats["queue_negatives_share"] > 0.0  # 8 queued captions compete with 7 in-batch negatives
+    module.build_loss_inputs(next(loader))
+    assert len(module.negative_queue) <= 16
+
+
+def test_negative_queue_pairs_match_direct_teacher_scores(tiny_student, tiny_teacher, tiny_datamodule) -> None:
+    from distill.eval_buffer import concat_inputs
+
+    module = _module(tiny_student, tiny_teacher, negative_queue_size=64)
+    module.eval()  # no dropout: the student's scores are reproducible
+    loader = iter(tiny_datamodule.train_dataloader())
+    first, second = next(loader), next(loader)
+    module.build_loss_inputs(first)
+    inputs, _ = module.build_loss_inputs(second)
+    all_b = concat_inputs([second["b"], first["b"]])
+    with torch.no_grad():
+        columns = torch.cat([module.student.encode_b(second["b"]), module.student.encode_b(first["b"])])
+        sim = module.student.encode_a(second["a"]) @ columns.T
+    for row in range(second["a_id"].numel()):
+        for slot in range(4):
+            column = int((sim[row] - inputs.a2b.student[row, slot]).abs().argmin())
+            direct = tiny_teacher.score({"pixel_values": second["a"]["pixel_values"][[row]]},
+                                        {k: v[[column]] for k, v in all_b.items()})
+            assert torch.allclose(inputs.a2b.teacher[row, slot], direct[0], atol=1e-4)
+
+
+def test_negative_queue_size_is_validated(tiny_student) -> None:
+    with pytest.raises(ValueError, match="negative_queue_size"):
+        DistillationModule(student=tiny_student, negative_queue_size=-1)
