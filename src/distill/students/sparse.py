@@ -15,13 +15,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-import timm
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from distill.students.dual_encoder import DualEncoder
-from distill.students.towers import Inputs
+from distill.students.towers import Inputs, TimmImageTower
 
 __all__ = ["MLMTextTower", "SparseDualEncoder", "TimmTokenTower", "prune_top_k", "saturated_max_pool"]
 
@@ -75,7 +74,10 @@ class MLMTextTower(nn.Module):
         if (pretrained is None) == (config is None):
             raise ValueError("MLMTextTower needs exactly one of `pretrained` or `config`")
         if pretrained is not None:
-            self.encoder = AutoModelForMaskedLM.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+            self.encoder = AutoModelForMaskedLM.from_pretrained(
+                pretrained, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
+            self.encoder.train()  # from_pretrained returns eval mode; Lightning does not switch it back
         else:
             settings = dict(config or {})
             model_type = settings.pop("model_type", None)
@@ -88,11 +90,12 @@ class MLMTextTower(nn.Module):
         return self.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
 
 
-class TimmTokenTower(nn.Module):
+class TimmTokenTower(TimmImageTower):
     """A timm backbone's unpooled features as a token sequence ``[B, T, C]``.
 
     Reads ``inputs["pixel_values"]`` ``[B, 3, H, W]``. CNN feature maps ``[B, C, h, w]`` become
-    ``h * w`` tokens; transformer outputs ``[B, T, C]`` are used as they are.
+    ``h * w`` tokens; transformer outputs ``[B, T, C]`` are used as they are. Built like
+    :class:`~distill.students.TimmImageTower`; ``width`` is the unpooled feature width.
     """
 
     modality: ClassVar[str] = "image"
@@ -104,14 +107,7 @@ class TimmTokenTower(nn.Module):
         checkpoint_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        try:
-            self.backbone = timm.create_model(
-                model_name, pretrained=pretrained, num_classes=0, checkpoint_path=checkpoint_path or "",
-                **(model_kwargs or {}),
-            )
-        except RuntimeError as error:
-            raise ValueError(f"timm could not build image tower '{model_name}': {error}") from error
+        super().__init__(model_name, pretrained, checkpoint_path, model_kwargs)
         self.width = int(self.backbone.num_features)
 
     def forward(self, inputs: Inputs) -> Tensor:
