@@ -127,7 +127,11 @@ def main() -> None:
                      "recovered: " + ", ".join(shares) + ".")
     for note in notes:
         print(note)
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    shown = [arg for arg in sys.argv[1:] if arg != "--report-only"]
+    command = "python benchmarks/quality.py " + " ".join(shown)
+    if args.report_only:
+        notes.append("Table built with `--report-only` from the runs saved in `--results-dir` (the runs may have been "
+                      "split over several processes with `--recipes`, one per core, OMP_NUM_THREADS=1).")
     section = "## Loss comparison (quality)\n\n" + format_markdown_table(rows, command=command.strip(), extra=notes)
     update_markdown_section(args.markdown, "quality", section)
     print(f"[quality] wrote {args.markdown}")

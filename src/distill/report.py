@@ -22,12 +22,15 @@ def print_table(rows: Sequence[tuple[str, dict[str, Any]]], title: str = "") -> 
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for header in HEADERS:
         table.add_column(header, justify="right")
     for name, metrics in rows:
         table.add_row(name, *(_cell(metrics.get(key)) for key in COLUMNS))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
 
 
 def format_markdown_table(rows: Sequence[tuple[str, dict[str, Any]]], command: str = "", extra: Sequence[str] = ()) -> str:
