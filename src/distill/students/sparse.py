@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForMaskedLM
+from transformers import AutoModelForMaskedLM
 
 from distill.students.dual_encoder import DualEncoder
-from distill.students.towers import Inputs, TimmImageTower
+from distill.students.towers import Inputs, TimmImageTower, build_transformers_model
 
 __all__ = ["MLMTextTower", "SparseDualEncoder", "TimmTokenTower", "prune_top_k", "saturated_max_pool"]
 
@@ -71,19 +71,8 @@ class MLMTextTower(nn.Module):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        if (pretrained is None) == (config is None):
-            raise ValueError("MLMTextTower needs exactly one of `pretrained` or `config`")
-        if pretrained is not None:
-            self.encoder = AutoModelForMaskedLM.from_pretrained(
-                pretrained, trust_remote_code=trust_remote_code, use_safetensors=True
-            )
-            self.encoder.train()  # from_pretrained returns eval mode; Lightning does not switch it back
-        else:
-            settings = dict(config or {})
-            model_type = settings.pop("model_type", None)
-            if model_type is None:
-                raise ValueError("MLMTextTower `config` needs a `model_type` key (e.g. 'bert')")
-            self.encoder = AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **settings))
+        self.encoder = build_transformers_model(AutoModelForMaskedLM, "MLMTextTower", pretrained, config,
+                                                trust_remote_code)
         self.vocab_size = int(self.encoder.config.vocab_size)
 
     def forward(self, inputs: Inputs) -> Tensor:

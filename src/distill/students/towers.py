@@ -67,20 +67,8 @@ class TransformersTextTower(Tower):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        if (pretrained is None) == (config is None):
-            raise ValueError("TransformersTextTower needs exactly one of `pretrained` or `config`")
-        if pretrained is not None:
-            self.encoder = AutoModel.from_pretrained(
-                pretrained, trust_remote_code=trust_remote_code, use_safetensors=True, **_no_pooler(pretrained)
-            )
-            self.encoder.train()  # from_pretrained returns eval mode; Lightning does not switch it back
-        else:
-            settings = dict(config or {})
-            model_type = settings.pop("model_type", None)
-            if model_type is None:
-                raise ValueError("TransformersTextTower `config` needs a `model_type` key (e.g. 'bert')")
-            model_config = AutoConfig.for_model(model_type, **settings)
-            self.encoder = AutoModel.from_config(model_config, **_no_pooler(model_config))
+        self.encoder = build_transformers_model(AutoModel, "TransformersTextTower", pretrained, config,
+                                                trust_remote_code)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.pooling = pooling
@@ -97,6 +85,29 @@ class TransformersTextTower(Tower):
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def build_transformers_model(auto_class: Any, owner: str, pretrained: str | None, config: dict[str, Any] | None,
+                             trust_remote_code: bool = False) -> nn.Module:
+    """``auto_class.from_pretrained(pretrained)`` (safetensors only) or ``auto_class.from_config(config)``.
+
+    Exactly one of ``pretrained`` (a local ``save_pretrained`` folder or a hub id) or ``config`` (a
+    dict with ``model_type`` and config fields: random weights) is given; the model is returned in
+    train mode (``from_pretrained`` returns eval mode and Lightning does not switch it back).
+    BERT-style poolers are skipped: towers pool themselves, and an unused pooler breaks plain DDP.
+    """
+    if (pretrained is None) == (config is None):
+        raise ValueError(f"{owner} needs exactly one of `pretrained` or `config`")
+    if pretrained is not None:
+        model = auto_class.from_pretrained(pretrained, trust_remote_code=trust_remote_code, use_safetensors=True,
+                                           **(_no_pooler(pretrained) if auto_class is AutoModel else {}))
+        return model.train()
+    settings = dict(config or {})
+    model_type = settings.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"{owner} `config` needs a `model_type` key (e.g. 'bert')")
+    model_config = AutoConfig.for_model(model_type, **settings)
+    return auto_class.from_config(model_config, **(_no_pooler(model_config) if auto_class is AutoModel else {}))
 
 
 def _no_pooler(source: Any) -> dict[str, Any]:
