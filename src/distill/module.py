@@ -54,6 +54,15 @@ def teacher_views(batch: Mapping[str, Any]) -> tuple[Inputs, Inputs]:
     return batch.get("teacher_a", batch["a"]), batch.get("teacher_b", batch["b"])
 
 
+def optimizer_config(optimizer_factory: OptimizerCallable, scheduler_factory: LRSchedulerCallable | None,
+                     params: Any) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer, and its scheduler stepped per batch."""
+    optimizer = optimizer_factory(params)
+    if scheduler_factory is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_factory(optimizer), "interval": "step"}}
+
+
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
@@ -464,10 +473,7 @@ class DistillationModule(L.LightningModule):
         return params
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return optimizer_config(self.optimizer_factory, self.scheduler_factory, self.trainable_parameters())
 
 
 def enable_gradient_checkpointing(student: nn.Module) -> list[str]:

@@ -52,7 +52,7 @@ from distill.data.common import (
     tokenize,
     utf8_lines,
 )
-from distill.data.sampling import EpochShuffleSampler, ResumableDataLoader
+from distill.data.sampling import resumable_train_loader
 from distill.pretrained import load_tokenizer
 
 OWNER = "BeirTextDataModule"
@@ -461,10 +461,8 @@ class BeirTextDataModule(L.LightningDataModule):
         draw counts visits within this process).
         """
         dataset = TripleDataset(self.train_items, self.num_negatives if self.train_file else 0, self.seed)
-        return ResumableDataLoader(dataset, sampler=EpochShuffleSampler(len(dataset), self.seed),
-                                   batch_size=self.batch_size, drop_last=len(dataset) > self.batch_size,
-                                   generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
-                                   persistent_workers=self.num_workers > 0, collate_fn=self.collator.train)
+        return resumable_train_loader(dataset, self.batch_size, self.seed, self.collator.train, self.num_workers,
+                                      drop_last=len(dataset) > self.batch_size)
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
         if stage not in self._relevance:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from distill.data.batch import PairExample, collate_pairs
-from distill.data.sampling import EpochShuffleSampler, ResumableDataLoader
+from distill.data.sampling import resumable_train_loader
 from distill.data.shapes import SPLITS, ShapesCorpus, binding_negative_caption, generate_corpus
 from distill.data.tokenizer import build_shapes_tokenizer
 
@@ -242,18 +242,7 @@ class ShapesDataModule(L.LightningDataModule):
         collate = partial(collate_pairs, pad_token_id=self.pad_token_id)
         dataset = self.dataset(split)
         if train:
-            # Epoch e's order depends on (seed, e) only, and the loader's position is checkpointed:
-            # a run resumed with --ckpt_path sees the same batches as an uninterrupted one.
-            return ResumableDataLoader(
-                dataset,
-                sampler=EpochShuffleSampler(len(dataset), self.seed),
-                batch_size=batch_size,
-                drop_last=True,
-                generator=torch.Generator().manual_seed(self.seed),
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-                collate_fn=collate,
-            )
+            return resumable_train_loader(dataset, batch_size, self.seed, collate, self.num_workers, drop_last=True)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -43,7 +43,7 @@ from distill.data.common import (
     tokenize,
     utf8_lines,
 )
-from distill.data.sampling import EpochShuffleSampler, ResumableDataLoader
+from distill.data.sampling import resumable_train_loader
 from distill.pretrained import load_processor_parts
 
 UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -490,17 +490,8 @@ class PairedImageTextDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         dataset = self.dataset(split)
         if train:
-            # Epoch e's order depends on (seed, e) only and the position is checkpointed (resumable).
-            return ResumableDataLoader(
-                dataset,
-                sampler=EpochShuffleSampler(len(dataset), self.seed),
-                batch_size=batch_size,
-                drop_last=len(dataset) > batch_size,
-                generator=torch.Generator().manual_seed(self.seed),
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-                collate_fn=self.collator,
-            )
+            return resumable_train_loader(dataset, batch_size, self.seed, self.collator, self.num_workers,
+                                          drop_last=len(dataset) > batch_size)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -133,3 +133,20 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self._position = {"epoch": epoch, "batches": self._position["batches"] + 1}
             yield batch
+
+
+def resumable_train_loader(dataset: Sized, batch_size: int, seed: int, collate_fn: Any, num_workers: int = 0,
+                           drop_last: bool = True) -> ResumableDataLoader:
+    """The training loader every data module uses: epoch ``e``'s order depends on ``(seed, e)`` only
+    and the loader's position is checkpointed, so a run resumed with ``--ckpt_path`` sees the same
+    batches as an uninterrupted one."""
+    return ResumableDataLoader(
+        dataset,  # type: ignore[arg-type]
+        sampler=EpochShuffleSampler(len(dataset), seed),
+        batch_size=batch_size,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
+    )

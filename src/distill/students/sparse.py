@@ -89,15 +89,8 @@ class TimmTokenTower(TimmImageTower):
 
     modality: ClassVar[str] = "image"
 
-    def __init__(
-        self,
-        model_name: str = "resnet10t",
-        pretrained: bool = False,
-        checkpoint_path: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(model_name, pretrained, checkpoint_path, model_kwargs)
-        self.width = int(self.backbone.num_features)
+    def output_width(self) -> int:
+        return int(self.backbone.num_features)
 
     def forward(self, inputs: Inputs) -> Tensor:
         features = self.backbone.forward_features(inputs["pixel_values"])

@@ -43,8 +43,11 @@ class TimmImageTower(Tower):
             )
         except RuntimeError as error:
             raise ValueError(f"timm could not build image tower '{model_name}': {error}") from error
-        # Pooled output width: models with a pre-logits head (e.g. MobileNetV3) report it separately.
-        self.width = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        self.width = self.output_width()
+
+    def output_width(self) -> int:
+        """Pooled output width: models with a pre-logits head (e.g. MobileNetV3) report it separately."""
+        return int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
 
     def forward(self, inputs: Inputs) -> Tensor:
         return self.backbone(inputs["pixel_values"])

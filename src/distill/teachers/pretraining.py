@@ -29,6 +29,7 @@ from distill.eval_buffer import RetrievalEvalBuffer
 from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
 from distill.losses import symmetric_infonce_loss
 from distill.mining import positive_mask_from_ids
+from distill.module import optimizer_config
 from distill.teachers.shapes import ShapesCrossEncoder
 
 
@@ -182,7 +183,4 @@ class CrossEncoderPretraining(L.LightningModule):
             print(f"saved teacher to {path}")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.teacher.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return optimizer_config(self.optimizer_factory, self.scheduler_factory, self.teacher.parameters())
