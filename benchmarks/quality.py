@@ -2,16 +2,21 @@
 
     python benchmarks/quality.py                       # all recipes x 3 seeds, writes docs/benchmarks.md
     python benchmarks/quality.py --recipes infonce cprd --seeds 0 --max-steps 50   # a quick look
+    python benchmarks/quality.py --pretrain-steps 0    # every run from the preset's random initialisation
 
-Each finished run is saved as JSON under ``--results-dir``; a run whose file exists is not
-trained again, so an interrupted benchmark resumes, and several processes can share the work
-(e.g. one per core with ``--recipes``); ``--report-only`` builds the table from the saved runs.
+Protocol (the CPRD and DCD papers distil into pre-trained CLIP students, not random ones): a starting
+student is first trained once with InfoNCE alone for ``--pretrain-steps`` steps (seed
+``--pretrain-seed``); every run then starts from that checkpoint (``model.init_args.student_init``)
+and trains with one recipe of ``configs/demo`` for the same ``--max-steps``, so the rows differ only
+in their losses and seeds. With ``--pretrain-steps 0`` every run starts from scratch instead.
 
-Each run trains the student from scratch with one recipe of ``configs/demo`` for the same number
-of steps and reports test Recall@K; rows are mean ± sd over seeds. The teacher's own ranking
-(ITC top-16 re-ranked by ITM) and the two-stage row (student top-16 re-ranked by the teacher)
-are reported next to them, together with the share of the student-teacher RSUM gap each loss
-recovers.
+Each finished run is saved as JSON under ``--results-dir`` (the starting checkpoint too); a run
+whose file exists is not trained again, so an interrupted benchmark resumes, and several processes
+can share the work (e.g. one per core with ``--recipes``); ``--report-only`` builds the table from
+the saved runs. Rows are mean ± sd over seeds of test Recall@K. The teacher's own ranking (ITC
+top-16 re-ranked by ITM), the starting student and the two-stage row (CPRD student top-16 re-ranked
+by the teacher) are reported next to them, with the share of the student-teacher RSUM gap each
+loss recovers.
 """
 
 from __future__ import annotations
@@ -44,15 +49,45 @@ RECIPES = {
 DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd"]
 
 
-def run_recipe(recipe: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    overrides = [
+def run_name(recipe: str, seed: int, args: argparse.Namespace) -> str:
+    start = f"-from{args.pretrain_steps}s{args.pretrain_seed}" if args.pretrain_steps else ""
+    return f"{recipe}-seed{seed}-steps{args.max_steps}{start}"
+
+
+def training_overrides(recipe: str, seed: int, steps: int, name: str, args: argparse.Namespace) -> list[str]:
+    return [
         "fit", "--config", str(REPO / "configs" / "demo" / f"shapes-{recipe}.yaml"),
-        f"--seed_everything={seed}", f"--trainer.max_steps={args.max_steps}", "--trainer.max_epochs=-1",
+        f"--seed_everything={seed}", f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
-        f"--trainer.logger.init_args.save_dir={args.run_dir}", f"--trainer.logger.init_args.name=quality-{recipe}-s{seed}",
+        f"--trainer.logger.init_args.save_dir={args.run_dir}", f"--trainer.logger.init_args.name=quality-{name}",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        f"--trainer.val_check_interval={args.max_steps}",
+        f"--trainer.val_check_interval={steps}", "--trainer.check_val_every_n_epoch=null",  # steps, across epochs
     ]
+
+
+def pretrain(args: argparse.Namespace, results_dir: Path) -> tuple[Path | None, dict[str, float] | None]:
+    """The shared starting student: InfoNCE alone for ``--pretrain-steps`` steps, trained once and saved."""
+    if not args.pretrain_steps:
+        return None, None
+    name = f"pretrain-infonce-seed{args.pretrain_seed}-steps{args.pretrain_steps}"
+    checkpoint, saved = results_dir / f"{name}.ckpt", results_dir / f"{name}.json"
+    if not (checkpoint.is_file() and saved.is_file()):
+        if args.report_only:
+            return None, None
+        print(f"[quality] starting student: InfoNCE, {args.pretrain_steps} steps, seed {args.pretrain_seed}", flush=True)
+        run_start = time.perf_counter()
+        cli = DistillCLI(args=training_overrides("infonce", args.pretrain_seed, args.pretrain_steps, name, args)
+                         + list(args.override))
+        cli.trainer.save_checkpoint(checkpoint)  # atomic (AtomicCheckpointIO)
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+        atomic_write_json(saved, {**cli.model.test_results, "seconds": {"train_and_test": time.perf_counter() - run_start}})
+    return checkpoint, json.loads(saved.read_text())["student"]
+
+
+def run_recipe(recipe: str, seed: int, args: argparse.Namespace, student_init: Path | None) -> dict[str, dict[str, float]]:
+    overrides = training_overrides(recipe, seed, args.max_steps, f"{recipe}-s{seed}", args)
+    if student_init is not None:
+        overrides.append(f"--model.init_args.student_init={student_init}")
     recipe_text = (REPO / "configs" / "demo" / f"shapes-{recipe}.yaml").read_text()
     if "shapes-cross-encoder.yaml" in recipe_text:  # the recipe has a teacher
         overrides.append(f"--model.init_args.teacher.init_args.weights={args.teacher_dir}")
@@ -71,6 +106,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=DENSE_RECIPES, choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=150, help="training steps per run (same for every loss)")
+    parser.add_argument("--pretrain-steps", type=int, default=300,
+                        help="InfoNCE steps of the shared starting student (0: every run starts from scratch)")
+    parser.add_argument("--pretrain-seed", type=int, default=0, help="seed of the starting student")
     parser.add_argument("--teacher-dir", default=str(REPO / "artifacts" / "shapes-teacher"))
     parser.add_argument("--run-dir", default=str(REPO / "runs"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
@@ -86,9 +124,10 @@ def main() -> None:
     teacher_runs: list[dict[str, float]] = []
     two_stage_runs: list[dict[str, float]] = []
     seconds: dict[str, float] = {}
+    student_init, starting_student = pretrain(args, results_dir)
     for recipe in args.recipes:
         for seed in args.seeds:
-            saved = results_dir / f"{recipe}-seed{seed}-steps{args.max_steps}.json"
+            saved = results_dir / f"{run_name(recipe, seed, args)}.json"
             if saved.is_file():
                 results = json.loads(saved.read_text())
             elif args.report_only:
@@ -96,7 +135,7 @@ def main() -> None:
             else:
                 print(f"[quality] {recipe} seed {seed}", flush=True)
                 run_start = time.perf_counter()
-                results = run_recipe(recipe, seed, args)
+                results = run_recipe(recipe, seed, args, student_init)
                 results["seconds"] = {"train_and_test": time.perf_counter() - run_start}
                 atomic_write_json(saved, results)
             student_runs.setdefault(RECIPES[recipe], []).append(results["student"])
@@ -104,19 +143,25 @@ def main() -> None:
                 teacher_runs.append(results["teacher"])
             if recipe == "cprd" and "two_stage" in results:
                 two_stage_runs.append(results["two_stage"])
-        timings = [json.loads(p.read_text())["seconds"]["train_and_test"]
-                   for p in results_dir.glob(f"{recipe}-seed*-steps{args.max_steps}.json")]
+        timings = [json.loads((results_dir / f"{run_name(recipe, seed, args)}.json").read_text())["seconds"]["train_and_test"]
+                   for seed in args.seeds if (results_dir / f"{run_name(recipe, seed, args)}.json").is_file()]
         if timings:
             seconds[recipe] = statistics.fmean(timings)
 
     rows = mean_std_rows(student_runs)
+    if starting_student is not None:
+        rows.insert(0, (f"starting student (InfoNCE, {args.pretrain_steps} steps)",
+                        {k: f"{starting_student[k]:.1f}" for k in COLUMNS}))
     if teacher_runs:
         rows.insert(0, ("teacher (ITC top-16 + ITM re-rank)", {k: f"{teacher_runs[0][k]:.1f}" for k in COLUMNS}))
     if two_stage_runs:
         rows.extend(mean_std_rows({"two-stage: CPRD student top-16 re-ranked by teacher": two_stage_runs}))
     print_table(rows, title=f"Shapes test split, {args.max_steps} steps, seeds {args.seeds}")
 
-    notes = [f"Budget: {args.max_steps} training steps per run (batch 64), seeds {args.seeds}, same data for every loss.",
+    start = (f"each from the same starting student (InfoNCE alone for {args.pretrain_steps} steps, seed "
+             f"{args.pretrain_seed})" if student_init is not None else "each from the preset's random initialisation")
+    notes = [f"Budget: {args.max_steps} training steps per run (batch 64), {start}; seeds {args.seeds} "
+             "(the seed sets the batch order and the loss heads' initialisation); same data for every loss.",
              "Mean seconds per run: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
     for name, runs in student_runs.items():
         if runs and "a_nnz" in runs[0]:
@@ -143,8 +188,12 @@ def main() -> None:
     if args.report_only:
         notes.append("Table built with `--report-only` from the runs saved in `--results-dir` (the runs may have been "
                       "split over several processes with `--recipes`, one per core, OMP_NUM_THREADS=1).")
-    section = "## Loss comparison (quality)\n\n" + format_markdown_table(rows, command=command.strip(), extra=notes)
-    update_markdown_section(args.markdown, "quality", section)
+    if student_init is not None:
+        title, name = "## Loss comparison (quality): distilling into a pre-trained student", "quality"
+    else:
+        title, name = "## Loss comparison from scratch", "quality-scratch"
+    section = title + "\n\n" + format_markdown_table(rows, command=command.strip(), extra=notes)
+    update_markdown_section(args.markdown, name, section)
     print(f"[quality] wrote {args.markdown}")
 
 

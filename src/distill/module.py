@@ -41,7 +41,9 @@ from distill.mining import (
     positive_mask_from_ids,
     repeated_columns,
 )
+from distill.schedules import resolve_total_steps
 from distill.students.towers import set_gradient_checkpointing
+from distill.students.weights import load_student_weights
 from distill.teachers import Teacher
 from distill.teachers.base import Inputs, select_rows
 
@@ -61,6 +63,17 @@ def optimizer_config(optimizer_factory: OptimizerCallable, scheduler_factory: LR
     if scheduler_factory is None:
         return optimizer
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_factory(optimizer), "interval": "step"}}
+
+
+def resolve_run_length(trainer: L.Trainer) -> None:
+    """At train start, give schedulers built with ``total_steps=None`` the run's optimizer steps.
+
+    Called from ``on_train_start``, after the data is set up and a resumed run's scheduler state is
+    restored (which already holds its length), so it reads nothing and draws no random numbers.
+    """
+    for config in trainer.lr_scheduler_configs:
+        if getattr(config.scheduler, "total_steps", 0) is None:
+            resolve_total_steps(config.scheduler, trainer.estimated_stepping_batches)
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -94,6 +107,10 @@ class DistillationModule(L.LightningModule):
             ``num_hard_negatives`` (at most the cache's K). Losses needing teacher embeddings still need a teacher.
         gradient_checkpointing: recompute the student towers' activations in the backward pass
             (:func:`distill.students.towers.set_gradient_checkpointing`): less memory, ~30% more compute.
+        student_init: start from trained student weights instead of the preset's initialisation: a
+            checkpoint of an earlier run (its ``student.*`` weights) or a ``distill export`` folder
+            (:func:`distill.students.weights.load_student_weights`). Distillation then fine-tunes a
+            student that already retrieves, as the CPRD and DCD papers do with pre-trained CLIP students.
     """
 
     def __init__(
@@ -113,8 +130,11 @@ class DistillationModule(L.LightningModule):
         diagnostic_anchors: int = 256,
         teacher_cache: str | None = None,
         gradient_checkpointing: bool = False,
+        student_init: str | None = None,
     ) -> None:
         super().__init__()
+        if student_init is not None:
+            load_student_weights(student, student_init, option="model.init_args.student_init")
         self.student = student
         self.teacher = teacher.freeze() if teacher is not None else None
         self.teacher_cache = teacher_cache
@@ -474,6 +494,9 @@ class DistillationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optimizer_config(self.optimizer_factory, self.scheduler_factory, self.trainable_parameters())
+
+    def on_train_start(self) -> None:
+        resolve_run_length(self.trainer)
 
 
 def enable_gradient_checkpointing(student: nn.Module) -> list[str]:

@@ -52,12 +52,12 @@ from distill.cache.format import (
     tensor_digest,
 )
 from distill.io import atomic_write_bytes, atomic_write_json, read_json
+from distill.students.weights import load_student_weights
 
 __all__ = ["BuildSettings", "build_teacher_cache", "load_student_checkpoint", "main"]
 
 PLAN_NAME = ".build-plan.json"
 PAUSE_ENV = "DISTILL_CACHE_SHARD_PAUSE"
-STUDENT_PREFIX = "student."
 
 
 @dataclass(frozen=True)
@@ -103,21 +103,9 @@ def _plan_shards(corpus: PairCorpus, shard_size: int) -> list[_Shard]:
 
 def load_student_checkpoint(student: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load the ``student.*`` weights of a Lightning checkpoint into ``student`` (``weights_only=True``)."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"--student-ckpt '{source}' does not exist")
-    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"--student-ckpt '{source}' is not a Lightning checkpoint: it has no state_dict")
-    weights = {key[len(STUDENT_PREFIX):]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}
-    if not weights:
-        raise ValueError(f"--student-ckpt '{source}' holds no '{STUDENT_PREFIX}*' weights: was it saved by "
-                         "DistillationModule?")
-    missing, unexpected = student.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"--student-ckpt '{source}' does not fit the recipe's student: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}; pass the recipe the checkpoint was trained with")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--student-ckpt '{path}' does not exist")
+    load_student_weights(student, path, option="--student-ckpt")
 
 
 def _to_device(inputs: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -123,11 +123,19 @@ def load_image(path: str | os.PathLike[str], size: int, mean: float | Sequence[f
 
 # ---------------------------------------------------------------------------- index
 def build_index(student_dir: str | os.PathLike[str], data: str | os.PathLike[str], split: str,
-                out_dir: str | os.PathLike[str], chunk_size: int = 256, progress: bool = True) -> Path:
-    """Encode ``split``'s b side with the exported student and write the index into ``out_dir``."""
+                out_dir: str | os.PathLike[str], chunk_size: int = 256, progress: bool = True,
+                weights: str = "float32", top_k: int | None = None) -> Path:
+    """Encode ``split``'s b side with the exported student and write the index into ``out_dir``.
+
+    Sparse students only: ``weights`` picks the posting format (``"float32"`` exact or ``"uint8"``
+    impacts with block-local uint16 ids, see :mod:`distill.index.sparse`) and ``top_k`` keeps each
+    item's ``k`` largest weights before indexing.
+    """
     from distill.export import load_student, load_tokenizer, read_student_config
 
     config = read_student_config(student_dir)
+    if config["embedding"]["kind"] != "sparse" and (weights != "float32" or top_k is not None):
+        raise ValueError(f"'{student_dir}' is a dense student: --weights and --top-k apply to sparse students")
     tower = config["towers"]["b"]
     if tower["modality"] != "text":
         raise ValueError(f"'{student_dir}' tower b reads {tower['modality']}; `distill index` indexes text b items")
@@ -143,7 +151,8 @@ def build_index(student_dir: str | os.PathLike[str], data: str | os.PathLike[str
     if kind == "sparse":
         import scipy.sparse as sp
 
-        index: DenseIndex | SparseIndex = SparseIndex.from_vectors(sp.vstack([as_csr(c) for c in chunks]))
+        index: DenseIndex | SparseIndex = SparseIndex.from_vectors(sp.vstack([as_csr(c) for c in chunks]),
+                                                                   weights=weights, top_k=top_k)
     else:
         index = DenseIndex(torch.cat(chunks).numpy())
     index.save(out)
@@ -153,6 +162,8 @@ def build_index(student_dir: str | os.PathLike[str], data: str | os.PathLike[str
         "data": str(Path(data).resolve()), "split": split, "side": "b", "count": len(items),
         "bytes": index.nbytes,
     }
+    if kind == "sparse":
+        meta.update({"weights": weights, "top_k": top_k})
     atomic_write_json(out / INDEX_META, meta)
     for path in out.iterdir():
         if path.is_file() and not path.name.startswith("."):
@@ -257,12 +268,18 @@ def index_main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="index folder")
     parser.add_argument("--chunk-size", type=int, default=256, help="texts encoded per forward pass")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--weights", choices=("float32", "uint8"), default="float32",
+                        help="sparse students: posting weights, exact float32 or uint8 impacts (3 bytes per posting)")
+    parser.add_argument("--top-k", type=int, help="sparse students: keep each item's k largest weights")
     args = parser.parse_args(argv)
     if args.chunk_size < 1:
         parser.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
     try:
         out = build_index(args.student, args.data, args.split, args.out, args.chunk_size,
-                          progress=not args.no_progress and sys.stderr.isatty())
+                          progress=not args.no_progress and sys.stderr.isatty(), weights=args.weights,
+                          top_k=args.top_k)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"distill index: error: {error}") from None
     meta = read_json(out / INDEX_META)

@@ -29,7 +29,7 @@ from distill.eval_buffer import RetrievalEvalBuffer
 from distill.evaluation import DEFAULT_KS, ranking_scores, retrieval_metrics
 from distill.losses import symmetric_infonce_loss
 from distill.mining import positive_mask_from_ids
-from distill.module import optimizer_config
+from distill.module import optimizer_config, resolve_run_length
 from distill.teachers.shapes import ShapesCrossEncoder
 
 
@@ -184,3 +184,6 @@ class CrossEncoderPretraining(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return optimizer_config(self.optimizer_factory, self.scheduler_factory, self.teacher.parameters())
+
+    def on_train_start(self) -> None:
+        resolve_run_length(self.trainer)

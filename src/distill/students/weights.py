@@ -1,0 +1,58 @@
+"""Initialise a student from weights trained earlier: a Lightning checkpoint or a ``distill export`` folder.
+
+Used by ``DistillationModule(student_init=...)`` (distil into a student that was pre-trained, e.g. with
+InfoNCE alone, as CLIP students are) and by ``cache-teacher --student-ckpt`` (mine with a warmed student).
+Both sources are read without unpickling code: checkpoints with ``torch.load(weights_only=True)``,
+export folders with safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["STUDENT_PREFIX", "load_student_weights", "student_state_from_checkpoint"]
+
+STUDENT_PREFIX = "student."
+EXPORT_WEIGHTS = "model.safetensors"
+
+
+def student_state_from_checkpoint(path: Path, option: str) -> dict[str, Tensor]:
+    """The ``student.*`` tensors of a Lightning checkpoint written by ``DistillationModule``, prefix removed."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{option} '{path}' is not a Lightning checkpoint: it has no state_dict")
+    weights = {key[len(STUDENT_PREFIX):]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}
+    if not weights:
+        raise ValueError(f"{option} '{path}' holds no '{STUDENT_PREFIX}*' weights: was it saved by "
+                         "DistillationModule?")
+    return weights
+
+
+def load_student_weights(student: nn.Module, source: str | os.PathLike[str], option: str = "student_init") -> None:
+    """Load ``source`` into ``student`` in place; every parameter and buffer must match.
+
+    ``source``: a ``.ckpt`` file (its ``student.*`` weights) or a folder written by ``distill export``
+    (its ``model.safetensors``). ``option`` names the setting in error messages.
+    """
+    path = Path(source)
+    if path.is_dir():
+        weights_file = path / EXPORT_WEIGHTS
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{option} '{path}' is a folder without {EXPORT_WEIGHTS}: pass a checkpoint "
+                                    "(.ckpt) or a folder written by `python -m distill export`")
+        from safetensors.torch import load_model
+
+        missing, unexpected = load_model(student, str(weights_file), strict=False)
+    elif path.is_file():
+        missing, unexpected = student.load_state_dict(student_state_from_checkpoint(path, option), strict=False)
+    else:
+        raise FileNotFoundError(f"{option} '{path}' does not exist: pass a checkpoint (.ckpt) or an export folder")
+    if missing or unexpected:
+        raise ValueError(f"{option} '{path}' does not fit the recipe's student: missing {list(missing)[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}; pass weights of the same student preset")
