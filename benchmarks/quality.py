@@ -42,7 +42,7 @@ RECIPES = {
     "cosine": "+ cosine embedding",
     "dcd": "+ DCD",
     "cprd": "+ CPRD",
-    # Sparse (SPLADE/LexLIP-style) students, run on request: --recipes sparse-infonce sparse-kl
+    # Sparse (SPLADE/LexLIP-style) students, from scratch: --pretrain-steps 0 --recipes sparse-infonce sparse-kl
     "sparse-infonce": "sparse student: InfoNCE + FLOPS",
     "sparse-kl": "sparse student: + logit KL",
 }
@@ -117,6 +117,10 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[],
                         help="an extra LightningCLI override for every run, e.g. --override=--data.init_args.batch_size=32")
     args = parser.parse_args()
+    sparse = [recipe for recipe in args.recipes if recipe.startswith("sparse")]
+    if sparse and args.pretrain_steps:
+        parser.error(f"{sparse} train a sparse student, which cannot start from the dense InfoNCE student: "
+                     "run them with --pretrain-steps 0")
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,140 @@
+"""How much ranking signal does the teacher give about a student's hard negatives? (shapes test split)
+
+    python benchmarks/teacher_order.py --student-ckpt runs/quality/pretrain-infonce-seed0-steps300.ckpt
+
+For each of ``--anchors`` test anchors per direction, the student's top-``--k`` negatives (other
+captions of the anchor's image excluded) are scored by the teacher (its pair score, ITM + ITC, and its
+ITC cosine alone) and compared with a ground truth the generator knows: the number of attributes
+(size, colour, shape) that the candidate's scene shares with the anchor's, position by position (0-9).
+Reported: mean Spearman correlation per anchor of each score with that overlap and with each other,
+the share of the negatives that are binding twins of the anchor, and the Plackett-Luce (CPRD) loss of
+the student's scores under the teacher's order next to its value for a random order. This is the
+signal CPRD distils; see the notes of the loss comparison in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from distill.cli import DistillCLI  # noqa: E402
+from distill.data.shapes import Signature, are_twins  # noqa: E402
+from distill.diagnostics import spearman_per_row  # noqa: E402
+from distill.losses.cprd import cprd_loss  # noqa: E402
+from distill.report import update_markdown_section  # noqa: E402
+from distill.students.weights import load_student_weights  # noqa: E402
+
+
+def attribute_overlap(first: Signature, second: Signature) -> int:
+    """Attributes (size, colour, shape) two scenes share at the same left-to-right position."""
+    return sum((x.size == y.size) + (x.color == y.color) + (x.shape == y.shape) for x, y in zip(first, second))
+
+
+@torch.no_grad()
+def encode_split(model, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, dict]:
+    a, b, ids, a_inputs, b_inputs = [], [], [], [], []
+    for batch in loader:
+        a.append(model.student.encode_a(batch["a"]))
+        b.append(model.student.encode_b(batch["b"]))
+        ids.append(batch["a_id"])
+        a_inputs.append(batch["a"])
+        b_inputs.append(batch["b"])
+    merged_a = {key: torch.cat([part[key] for part in a_inputs]) for key in a_inputs[0]}
+    merged_b = {key: torch.cat([part[key] for part in b_inputs]) for key in b_inputs[0]}
+    return torch.cat(a), torch.cat(b), torch.cat(ids), merged_a, merged_b
+
+
+@torch.no_grad()
+def direction_stats(model, similarity: torch.Tensor, image_ids: torch.Tensor, rows: torch.Tensor, k: int,
+                    signatures: dict[int, Signature], a_inputs: dict, b_inputs: dict, image_anchor: bool
+                    ) -> dict[str, float]:
+    """Rows of ``similarity`` are pairs (image i, caption i); anchors are ``rows``; columns the other side."""
+    teacher = model.teacher
+    same_image = image_ids[rows].unsqueeze(1) == image_ids.unsqueeze(0)
+    scores = similarity[rows] if image_anchor else similarity.T[rows]
+    if not image_anchor:  # a caption's candidates are images: keep one column (pair) per image
+        first_pair: dict[int, int] = {}
+        for pair, image in enumerate(image_ids.tolist()):
+            first_pair.setdefault(image, pair)
+        first = torch.zeros(len(image_ids), dtype=torch.bool)
+        first[list(first_pair.values())] = True
+        same_image = same_image | ~first.unsqueeze(0)
+    negatives = scores.masked_fill(same_image, float("-inf")).topk(k, dim=1).indices  # [A, k]
+    student = scores.gather(1, negatives)
+    anchor_index = rows.repeat_interleave(k)
+    a_index, b_index = (anchor_index, negatives.reshape(-1)) if image_anchor else (negatives.reshape(-1), anchor_index)
+    pair_scores = teacher.score_pairs(a_inputs, b_inputs, a_index, b_index).float().view(-1, k)
+    itc = (teacher.embed_a({key: v[a_index] for key, v in a_inputs.items()})
+           * teacher.embed_b({key: v[b_index] for key, v in b_inputs.items()})).sum(-1).view(-1, k)
+    anchor_sigs = [signatures[int(i)] for i in image_ids[rows]]
+    overlap = torch.tensor([[attribute_overlap(sig, signatures[int(image_ids[c])]) for c in row]
+                            for sig, row in zip(anchor_sigs, negatives.tolist())], dtype=torch.float32)
+    twins = torch.tensor([[are_twins(sig, signatures[int(image_ids[c])]) for c in row]
+                          for sig, row in zip(anchor_sigs, negatives.tolist())], dtype=torch.float32)
+    valid = torch.ones_like(student, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(1)
+    shuffled = [cprd_loss(student, pair_scores.gather(1, torch.argsort(torch.rand(student.shape, generator=generator))),
+                          valid, 0.05) for _ in range(20)]
+    return {
+        "teacher vs overlap": float(spearman_per_row(pair_scores, overlap).mean()),
+        "teacher ITC vs overlap": float(spearman_per_row(itc, overlap).mean()),
+        "student vs overlap": float(spearman_per_row(student, overlap).mean()),
+        "teacher vs student": float(spearman_per_row(pair_scores, student).mean()),
+        "twin share": float(twins.mean()),
+        "CPRD loss (T=0.05)": float(cprd_loss(student, pair_scores, valid, 0.05)),
+        "CPRD loss, random order": float(torch.stack(shuffled).mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student-ckpt", required=True, help="a DistillationModule checkpoint of the demo student")
+    parser.add_argument("--anchors", type=int, default=200, help="test anchors per direction")
+    parser.add_argument("--k", type=int, default=8, help="student-mined negatives per anchor")
+    parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cli = DistillCLI(args=["--config", str(REPO / "configs" / "demo" / "shapes-cprd.yaml"),
+                           f"--model.init_args.teacher.init_args.weights={REPO / 'artifacts' / 'shapes-teacher'}"],
+                     run=False)
+    model, data = cli.model, cli.datamodule
+    load_student_weights(model.student, args.student_ckpt, option="--student-ckpt")
+    model.eval()
+    data.setup("test")
+    signatures = {item.image_id: item.signature for item in data.corpus.test}
+    emb_a, emb_b, image_ids, a_inputs, b_inputs = encode_split(model, data.test_dataloader())
+    similarity = emb_a @ emb_b.T  # [pairs, pairs]: row i is image of pair i, column j caption j
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randperm(len(image_ids), generator=generator)[: args.anchors]
+    results = {
+        "image -> caption": direction_stats(model, similarity, image_ids, rows, args.k, signatures, a_inputs,
+                                            b_inputs, image_anchor=True),
+        "caption -> image": direction_stats(model, similarity, image_ids, rows, args.k, signatures, a_inputs,
+                                            b_inputs, image_anchor=False),
+    }
+    keys = list(next(iter(results.values())))
+    lines = ["| direction | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{values[key]:.3f}" for key in keys) + " |" for name, values in results.items()]
+    table = "\n".join(lines)
+    print(table)
+    command = "python benchmarks/teacher_order.py " + " ".join(sys.argv[1:])
+    section = (f"## What the teacher says about a student's hard negatives\n\nCommand: `{command}`\n\n{table}\n\n"
+               f"- {args.anchors} test anchors per direction, the student's top-{args.k} negatives each (other "
+               "captions of the anchor's image excluded; one column per image for caption anchors). Overlap: "
+               "attributes (size, colour, shape) the candidate's scene shares with the anchor's, position by "
+               "position (0-9). Spearman correlations are per anchor, then averaged. Twin share: negatives that are "
+               "a single binding swap of the anchor's scene. The CPRD loss is the Plackett-Luce loss of the "
+               "student's scores in the teacher's order (`cprd_loss`, all K valid); the last column "
+               "is its mean over 20 random orders of the same teacher scores.")
+    update_markdown_section(args.markdown, "teacher-order", section)
+    print(f"[teacher_order] wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
