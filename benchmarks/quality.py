@@ -130,6 +130,7 @@ def main() -> None:
     seconds: dict[str, float] = {}
     student_init, starting_student = pretrain(args, results_dir)
     for recipe in args.recipes:
+        timings: list[float] = []
         for seed in args.seeds:
             saved = results_dir / f"{run_name(recipe, seed, args)}.json"
             if saved.is_file():
@@ -143,12 +144,11 @@ def main() -> None:
                 results["seconds"] = {"train_and_test": time.perf_counter() - run_start}
                 atomic_write_json(saved, results)
             student_runs.setdefault(RECIPES[recipe], []).append(results["student"])
+            timings.append(results["seconds"]["train_and_test"])
             if "teacher" in results and not teacher_runs:
                 teacher_runs.append(results["teacher"])
             if recipe == "cprd" and "two_stage" in results:
                 two_stage_runs.append(results["two_stage"])
-        timings = [json.loads((results_dir / f"{run_name(recipe, seed, args)}.json").read_text())["seconds"]["train_and_test"]
-                   for seed in args.seeds if (results_dir / f"{run_name(recipe, seed, args)}.json").is_file()]
         if timings:
             seconds[recipe] = statistics.fmean(timings)
 

@@ -32,6 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from distill.io import atomic_write_bytes, atomic_write_json, read_json
+from distill.students.weights import read_student_checkpoint
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -39,7 +40,6 @@ CONFIG_NAME = "student_config.json"
 CARD_NAME = "README.md"
 ONNX_NAMES = {"a": "tower_a.onnx", "b": "tower_b.onnx"}
 RUN_CONFIG_NAME = "config.yaml"
-STUDENT_PREFIX = "student."
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_MAX_LENGTH = 32
 DEFAULT_OPSET = 17
@@ -265,14 +265,7 @@ def load_checkpoint_student(ckpt_path: str | os.PathLike[str]) -> tuple[dict[str
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, Mapping):
-        raise ValueError(f"'{path}' is not a Lightning checkpoint: it has no state_dict")
-    student = {key[len(STUDENT_PREFIX):]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}
-    if not student:
-        raise ValueError(f"'{path}' holds no '{STUDENT_PREFIX}*' weights: was it saved by DistillationModule?")
-    return student, {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    return read_student_checkpoint(path, option="checkpoint")
 
 
 # ---------------------------------------------------------------------------- ONNX

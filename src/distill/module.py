@@ -72,8 +72,7 @@ def resolve_run_length(trainer: L.Trainer) -> None:
     restored (which already holds its length), so it reads nothing and draws no random numbers.
     """
     for config in trainer.lr_scheduler_configs:
-        if getattr(config.scheduler, "total_steps", 0) is None:
-            resolve_total_steps(config.scheduler, trainer.estimated_stepping_batches)
+        resolve_total_steps(config.scheduler, trainer.estimated_stepping_batches)
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -64,7 +64,7 @@ def resolve_total_steps(scheduler: object, total_steps: int | float) -> None:
     A run not longer than the warm-up (``fast_dev_run``, a smoke test) keeps a warm-up of
     ``total_steps - 1`` steps, with a warning.
     """
-    if not (hasattr(scheduler, "total_steps") and getattr(scheduler, "total_steps") is None):
+    if getattr(scheduler, "total_steps", 0) is not None:
         return
     if not math.isfinite(total_steps) or total_steps < 1:
         raise ValueError(

@@ -11,18 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["STUDENT_PREFIX", "load_student_weights", "student_state_from_checkpoint"]
+__all__ = ["STUDENT_PREFIX", "load_student_weights", "read_student_checkpoint"]
 
 STUDENT_PREFIX = "student."
 EXPORT_WEIGHTS = "model.safetensors"
 
 
-def student_state_from_checkpoint(path: Path, option: str) -> dict[str, Tensor]:
-    """The ``student.*`` tensors of a Lightning checkpoint written by ``DistillationModule``, prefix removed."""
+def read_student_checkpoint(path: Path, option: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The ``student.*`` tensors of a Lightning checkpoint written by ``DistillationModule`` (prefix
+    removed), and the checkpoint's other entries (epoch, hyper-parameters, ...)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
@@ -31,7 +33,7 @@ def student_state_from_checkpoint(path: Path, option: str) -> dict[str, Tensor]:
     if not weights:
         raise ValueError(f"{option} '{path}' holds no '{STUDENT_PREFIX}*' weights: was it saved by "
                          "DistillationModule?")
-    return weights
+    return weights, {key: value for key, value in checkpoint.items() if key != "state_dict"}
 
 
 def load_student_weights(student: nn.Module, source: str | os.PathLike[str], option: str = "student_init") -> None:
@@ -50,7 +52,7 @@ def load_student_weights(student: nn.Module, source: str | os.PathLike[str], opt
 
         missing, unexpected = load_model(student, str(weights_file), strict=False)
     elif path.is_file():
-        missing, unexpected = student.load_state_dict(student_state_from_checkpoint(path, option), strict=False)
+        missing, unexpected = student.load_state_dict(read_student_checkpoint(path, option)[0], strict=False)
     else:
         raise FileNotFoundError(f"{option} '{path}' does not exist: pass a checkpoint (.ckpt) or an export folder")
     if missing or unexpected:
