@@ -4,11 +4,13 @@
     python benchmarks/quality.py --recipes infonce cprd --seeds 0 --max-steps 50   # a quick look
     python benchmarks/quality.py --pretrain-steps 0    # every run from the preset's random initialisation
 
-Protocol (the CPRD and DCD papers distil into pre-trained CLIP students, not random ones): a starting
-student is first trained once with InfoNCE alone for ``--pretrain-steps`` steps (seed
-``--pretrain-seed``); every run then starts from that checkpoint (``model.init_args.student_init``)
-and trains with one recipe of ``configs/demo`` for the same ``--max-steps``, so the rows differ only
-in their losses and seeds. With ``--pretrain-steps 0`` every run starts from scratch instead.
+Protocol (the CPRD and DCD papers distil into pre-trained CLIP students, and SPLADE into a pre-trained
+MLM, not random ones): a starting student is first trained once with InfoNCE alone for
+``--pretrain-steps`` steps (seed ``--pretrain-seed``); every run then starts from that checkpoint
+(``model.init_args.student_init``) and trains with one recipe of ``configs/demo`` for the same
+``--max-steps``, so the rows differ only in their losses and seeds. The dense recipes start from the
+dense student trained by ``shapes-infonce.yaml``, the sparse ones from the sparse student trained by
+``shapes-sparse-infonce.yaml``. With ``--pretrain-steps 0`` every run starts from scratch instead.
 
 Each finished run is saved as JSON under ``--results-dir`` (the starting checkpoint too); a run
 whose file exists is not trained again, so an interrupted benchmark resumes, and several processes
@@ -42,11 +44,17 @@ RECIPES = {
     "cosine": "+ cosine embedding",
     "dcd": "+ DCD",
     "cprd": "+ CPRD",
-    # Sparse (SPLADE/LexLIP-style) students, from scratch: --pretrain-steps 0 --recipes sparse-infonce sparse-kl
+    # Sparse (SPLADE/LexLIP-style) students: students/shapes-sparse.yaml
     "sparse-infonce": "sparse student: InfoNCE + FLOPS",
     "sparse-kl": "sparse student: + logit KL",
 }
 DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd"]
+SPARSE_RECIPES = ["sparse-infonce", "sparse-kl"]
+
+
+def starting_recipe(recipe: str) -> str:
+    """The InfoNCE recipe that trains ``recipe``'s starting student (same student preset)."""
+    return "sparse-infonce" if recipe in SPARSE_RECIPES else "infonce"
 
 
 def run_name(recipe: str, seed: int, args: argparse.Namespace) -> str:
@@ -65,18 +73,18 @@ def training_overrides(recipe: str, seed: int, steps: int, name: str, args: argp
     ]
 
 
-def pretrain(args: argparse.Namespace, results_dir: Path) -> tuple[Path | None, dict[str, float] | None]:
-    """The shared starting student: InfoNCE alone for ``--pretrain-steps`` steps, trained once and saved."""
+def pretrain(recipe: str, args: argparse.Namespace, results_dir: Path) -> tuple[Path | None, dict[str, float] | None]:
+    """A shared starting student: ``recipe`` (an InfoNCE recipe) for ``--pretrain-steps`` steps, trained once and saved."""
     if not args.pretrain_steps:
         return None, None
-    name = f"pretrain-infonce-seed{args.pretrain_seed}-steps{args.pretrain_steps}"
+    name = f"pretrain-{recipe}-seed{args.pretrain_seed}-steps{args.pretrain_steps}"
     checkpoint, saved = results_dir / f"{name}.ckpt", results_dir / f"{name}.json"
     if not (checkpoint.is_file() and saved.is_file()):
         if args.report_only:
             return None, None
-        print(f"[quality] starting student: InfoNCE, {args.pretrain_steps} steps, seed {args.pretrain_seed}", flush=True)
+        print(f"[quality] starting student: {recipe}, {args.pretrain_steps} steps, seed {args.pretrain_seed}", flush=True)
         run_start = time.perf_counter()
-        cli = DistillCLI(args=training_overrides("infonce", args.pretrain_seed, args.pretrain_steps, name, args)
+        cli = DistillCLI(args=training_overrides(recipe, args.pretrain_seed, args.pretrain_steps, name, args)
                          + list(args.override))
         cli.trainer.save_checkpoint(checkpoint)  # atomic (AtomicCheckpointIO)
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
@@ -103,7 +111,7 @@ def run_recipe(recipe: str, seed: int, args: argparse.Namespace, student_init: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=DENSE_RECIPES, choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=DENSE_RECIPES + SPARSE_RECIPES, choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=150, help="training steps per run (same for every loss)")
     parser.add_argument("--pretrain-steps", type=int, default=300,
@@ -117,10 +125,6 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[],
                         help="an extra LightningCLI override for every run, e.g. --override=--data.init_args.batch_size=32")
     args = parser.parse_args()
-    sparse = [recipe for recipe in args.recipes if recipe.startswith("sparse")]
-    if sparse and args.pretrain_steps:
-        parser.error(f"{sparse} train a sparse student, which cannot start from the dense InfoNCE student: "
-                     "run them with --pretrain-steps 0")
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
 
@@ -128,8 +132,9 @@ def main() -> None:
     teacher_runs: list[dict[str, float]] = []
     two_stage_runs: list[dict[str, float]] = []
     seconds: dict[str, float] = {}
-    student_init, starting_student = pretrain(args, results_dir)
+    starts = {start: pretrain(start, args, results_dir) for start in dict.fromkeys(map(starting_recipe, args.recipes))}
     for recipe in args.recipes:
+        student_init = starts[starting_recipe(recipe)][0]
         timings: list[float] = []
         for seed in args.seeds:
             saved = results_dir / f"{run_name(recipe, seed, args)}.json"
@@ -152,18 +157,25 @@ def main() -> None:
         if timings:
             seconds[recipe] = statistics.fmean(timings)
 
-    rows = mean_std_rows(student_runs)
-    if starting_student is not None:
-        rows.insert(0, (f"starting student (InfoNCE, {args.pretrain_steps} steps)",
-                        {k: f"{starting_student[k]:.1f}" for k in COLUMNS}))
+    # Dense rows (teacher, starting student, losses, two-stage), then the sparse ones (starting student, losses).
+    rows = []
     if teacher_runs:
-        rows.insert(0, ("teacher (ITC top-16 + ITM re-rank)", {k: f"{teacher_runs[0][k]:.1f}" for k in COLUMNS}))
-    if two_stage_runs:
-        rows.extend(mean_std_rows({"two-stage: CPRD student top-16 re-ranked by teacher": two_stage_runs}))
+        rows.append(("teacher (ITC top-16 + ITM re-rank)", {k: f"{teacher_runs[0][k]:.1f}" for k in COLUMNS}))
+    for family in (DENSE_RECIPES, SPARSE_RECIPES):
+        family_runs = {RECIPES[r]: student_runs[RECIPES[r]] for r in family if RECIPES[r] in student_runs}
+        starting_student = starts.get(starting_recipe(family[0]), (None, None))[1]
+        if starting_student is not None and family_runs:
+            kind = "sparse starting student" if family is SPARSE_RECIPES else "starting student"
+            rows.append((f"{kind} (InfoNCE, {args.pretrain_steps} steps)",
+                         {k: f"{starting_student[k]:.1f}" for k in COLUMNS}))
+        rows.extend(mean_std_rows(family_runs))
+        if family is DENSE_RECIPES and two_stage_runs:
+            rows.extend(mean_std_rows({"two-stage: CPRD student top-16 re-ranked by teacher": two_stage_runs}))
     print_table(rows, title=f"Shapes test split, {args.max_steps} steps, seeds {args.seeds}")
 
-    start = (f"each from the same starting student (InfoNCE alone for {args.pretrain_steps} steps, seed "
-             f"{args.pretrain_seed})" if student_init is not None else "each from the preset's random initialisation")
+    pretrained = any(student_init is not None for student_init, _ in starts.values())
+    start = (f"each from the same starting student of its kind (InfoNCE alone for {args.pretrain_steps} steps, seed "
+             f"{args.pretrain_seed})" if pretrained else "each from the preset's random initialisation")
     notes = [f"Budget: {args.max_steps} training steps per run (batch 64), {start}; seeds {args.seeds} "
              "(the seed sets the batch order and the loss heads' initialisation); same data for every loss.",
              "Mean seconds per run: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
@@ -185,6 +197,10 @@ def main() -> None:
                   if name != RECIPES["infonce"] and not name.startswith("sparse")]
         notes.append(f"Share of the RSUM gap (teacher {teacher_runs[0]['rsum']:.1f} - InfoNCE {base:.1f} = {gap:.1f}) "
                      "recovered: " + ", ".join(shares) + ".")
+    sparse_base, sparse_kl = student_runs.get(RECIPES["sparse-infonce"]), student_runs.get(RECIPES["sparse-kl"])
+    if sparse_base and sparse_kl and len(sparse_base) == len(sparse_kl):
+        gains = ", ".join(f"{kl['rsum'] - base['rsum']:+.1f}" for base, kl in zip(sparse_base, sparse_kl))
+        notes.append(f"Sparse student, RSUM of logit KL minus InfoNCE alone, seed by seed: {gains}.")
     for note in notes:
         print(note)
     shown = [arg for arg in sys.argv[1:] if arg != "--report-only"]
@@ -192,7 +208,7 @@ def main() -> None:
     if args.report_only:
         notes.append("Table built with `--report-only` from the runs saved in `--results-dir` (the runs may have been "
                       "split over several processes with `--recipes`, one per core, OMP_NUM_THREADS=1).")
-    if student_init is not None:
+    if pretrained:
         title, name = "## Loss comparison (quality): distilling into a pre-trained student", "quality"
     else:
         title, name = "## Loss comparison from scratch", "quality-scratch"

@@ -83,6 +83,7 @@ class RecipeSpec:
     loss_weights: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] | None = None
     source: Path | None = None
+    student_init: str | None = None  # the weights training started from (model.init_args.student_init)
 
 
 def read_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RecipeSpec:
@@ -129,6 +130,7 @@ def read_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         loss_weights={name: float(w) for name, w in (model_args.get("loss_weights") or {}).items()},
         data=_as_dict(config["data"]) if config.get("data") else None,
         source=source,
+        student_init=str(model_args["student_init"]) if model_args.get("student_init") else None,
     )
 
 
@@ -387,6 +389,8 @@ def model_card(student_config: Mapping[str, Any], recipe: RecipeSpec | None, tea
     lines += ["", "## Data", "", f"- data module: {_spec_line(recipe.data if recipe else None)}"]
     if recipe and recipe.source:
         lines.append(f"- recipe: `{recipe.source}`")
+    if recipe and recipe.student_init:
+        lines.append(f"- started from: `{recipe.student_init}` (model.init_args.student_init)")
     if training:
         lines.append("- checkpoint: " + ", ".join(f"{key} {value}" for key, value in training.items()))
     lines += ["", "## Test results", ""]

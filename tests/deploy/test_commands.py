@@ -70,3 +70,22 @@ def test_benchmark_quick_mode_writes_the_table(tmp_path: Path, monkeypatch: pyte
     for method in ("teacher (exhaustive, extrapolated)", "dense exact fp32", "sparse inverted index"):
         assert f"| {method} |" in text
     assert "Command: `python benchmarks/retrieval.py --quick`" in text
+
+
+def test_sparse_serving_benchmark_index_recall_equals_exact_scoring(tmp_path: Path, tiny_datamodule,
+                                                                    data_yaml: Path) -> None:
+    export_student(build(SPARSE_SPEC), tmp_path / "student", student_spec=SPARSE_SPEC, datamodule=tiny_datamodule,
+                   onnx=False)
+    spec = importlib.util.spec_from_file_location("sparse_serving", REPO_ROOT / "benchmarks" / "sparse_serving.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = dict(module.main(["--student", str(tmp_path / "student"), "--data", str(data_yaml), "--top-k", "4",
+                             "--out", str(tmp_path / "bench.md")]))
+    exact, exact_index = rows["exact dot products (training's evaluation)"], rows["index, float32 postings"]
+    for key in module.COLUMNS[:7]:  # recall both ways and RSUM
+        assert exact_index[key] == pytest.approx(exact[key], abs=1e-3), key
+    assert exact_index["nnz/caption"] == pytest.approx(exact["nnz/caption"])
+    pruned = rows["index, uint8, top-4 per indexed item"]
+    assert pruned["nnz/caption"] <= 4 and pruned["nnz/image"] <= 4
+    assert pruned["bytes/caption"] < rows["index, uint8 impacts"]["bytes/caption"] < exact_index["bytes/caption"]
+    assert "## Sparse student served from the inverted index" in (tmp_path / "bench.md").read_text()

@@ -132,3 +132,17 @@ def test_safe_join_refuses_names_outside_the_export_folder(tmp_path: Path) -> No
     for name in ("../evil.json", "/etc/passwd", "a/../../evil", "link/evil", "", "."):
         with pytest.raises(ValueError, match="refusing to write"):
             safe_join(out, name)
+
+
+def test_model_card_names_the_starting_weights(tmp_path: Path) -> None:
+    from distill.export import model_card, read_recipe
+
+    recipe = read_recipe(REPO_ROOT / "configs/demo/shapes-sparse-kl.yaml",
+                         ["--model.init_args.student_init", "runs/sparse-infonce/last.ckpt"])
+    assert recipe.student_init == "runs/sparse-infonce/last.ckpt"
+    config = {"student": recipe.student, "embedding": {"kind": "sparse", "dim": 64},
+              "towers": {"a": {"modality": "image"}, "b": {"modality": "text"}}}
+    card = model_card(config, recipe, None, {})
+    assert "- started from: `runs/sparse-infonce/last.ckpt` (model.init_args.student_init)" in card
+    assert "| kl | `distill.losses.LogitKL` | 1 |" in card and "| flops | `distill.losses.FLOPS` | 0.01 |" in card
+    assert read_recipe(REPO_ROOT / "configs/demo/shapes-sparse-infonce.yaml").student_init is None

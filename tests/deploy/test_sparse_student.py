@@ -84,3 +84,41 @@ def test_sparse_recipes_train_one_step(recipe: str, tiny_teacher_dir: Path) -> N
     assert torch.isfinite(metrics["train/loss"]) and "train/loss/flops" in metrics
     if "kl" in recipe:
         assert "train/loss/kl" in metrics
+
+
+def test_collapsed_sparse_student_stops_with_what_to_do(tmp_path: Path) -> None:
+    from distill.callbacks import SparseCollapseError, SparseCollapseGuard
+    from distill.cli import DistillCLI
+
+    args = ["--config", str(REPO_ROOT / "configs/demo/shapes-sparse-infonce.yaml"), *TINY_STUDENT_OVERRIDES,
+            *TINY_DATA_OVERRIDES, *QUIET_TRAINER, "--trainer.max_steps", "12", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path)]
+    cli = DistillCLI(args=args, run=False)
+    guards = [c for c in cli.trainer.callbacks if isinstance(c, SparseCollapseGuard)]
+    assert len(guards) == 1 and guards[0].patience == 5  # configs/demo/trainer.yaml installs it
+    with torch.no_grad():  # every caption logit far below 0: relu passes neither weight nor gradient
+        cli.model.student.tower_b.encoder.get_output_embeddings().bias.fill_(-1e4)
+    with pytest.raises(SparseCollapseError, match=r"side-b vectors have had no non-zero weight for 5 steps "
+                                                  r"\(global step 5\).*student_init"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 5
+
+
+def test_sparse_collapse_guard_ignores_dense_students_and_checks_patience() -> None:
+    from types import SimpleNamespace
+
+    from distill.callbacks import SparseCollapseGuard
+
+    guard = SparseCollapseGuard(patience=2)
+    trainer = SimpleNamespace(callback_metrics={"train/loss": torch.tensor(1.0)}, global_step=3)
+    for _ in range(4):  # no nnz metric: a dense student
+        guard.on_train_batch_end(trainer, None, None, None, 0)
+    trainer.callback_metrics["train/a_nnz"] = torch.tensor(0.0)
+    guard.on_train_batch_end(trainer, None, None, None, 0)
+    trainer.callback_metrics["train/a_nnz"] = torch.tensor(0.5)  # recovered: the count starts again
+    guard.on_train_batch_end(trainer, None, None, None, 0)
+    trainer.callback_metrics["train/a_nnz"] = torch.tensor(0.0)
+    guard.on_train_batch_end(trainer, None, None, None, 0)
+    assert guard._zero_steps["a"] == 1
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        SparseCollapseGuard(patience=0)
