@@ -188,13 +188,14 @@ def main() -> None:
         pairs, exhaustive = two_stage_runs[0]["teacher_pairs"], two_stage_runs[0]["exhaustive_pairs"]
         notes.append(f"Two-stage re-ranking scores {pairs:,.0f} teacher pairs on the test split (top-16 both ways) "
                      f"instead of {exhaustive:,.0f} for exhaustive teacher scoring ({exhaustive / pairs:.0f}x fewer).")
+    sparse_names = {RECIPES[recipe] for recipe in SPARSE_RECIPES}
     baseline = student_runs.get(RECIPES["infonce"])
     if baseline and teacher_runs:
         base = statistics.fmean(r["rsum"] for r in baseline)
         gap = teacher_runs[0]["rsum"] - base
         shares = [f"{name}: {100 * (statistics.fmean(r['rsum'] for r in runs) - base) / gap:+.0f}%"
                   for name, runs in student_runs.items()
-                  if name != RECIPES["infonce"] and not name.startswith("sparse")]
+                  if name != RECIPES["infonce"] and name not in sparse_names]
         notes.append(f"Share of the RSUM gap (teacher {teacher_runs[0]['rsum']:.1f} - InfoNCE {base:.1f} = {gap:.1f}) "
                      "recovered: " + ", ".join(shares) + ".")
     sparse_base, sparse_kl = student_runs.get(RECIPES["sparse-infonce"]), student_runs.get(RECIPES["sparse-kl"])

@@ -320,6 +320,11 @@ def table(rows: list[Row], settings: Settings) -> list[list[str]]:
     return cells
 
 
+def target_ratios(row: Row, dense: Row, dim: int) -> tuple[float, float]:
+    """``(speed-up, size ratio)`` of a sparse row against the dense row of width ``dim`` timed beside it."""
+    return (row.dense_ms or {})[dim] / row.search_ms, dense.nbytes / row.nbytes  # type: ignore[operator]
+
+
 def target_table(rows: list[Row], settings: Settings) -> list[str]:
     """At the largest N: each sparse form against each dense width, speed-up and size ratio, met or not."""
     big = max(settings.sizes)
@@ -331,8 +336,7 @@ def target_table(rows: list[Row], settings: Settings) -> list[str]:
             continue
         cells = [row.variant]
         for dim in settings.dims:
-            speed = (row.dense_ms or {})[dim] / row.search_ms
-            size = dense[f"D={dim}"].nbytes / row.nbytes  # type: ignore[operator]
+            speed, size = target_ratios(row, dense[f"D={dim}"], dim)
             cells.append(f"{speed:.1f}x ({'met' if speed >= 10 else 'not met'}) / "
                          f"{size:.2f}x ({'met' if size >= 10 else 'not met'})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -357,8 +361,7 @@ def verdicts(rows: list[Row], settings: Settings) -> list[str]:
         dense = by_key[(big, DENSE_METHOD, f"D={dim}")]
         parts = []
         for row in sparse:
-            speed = (row.dense_ms or {})[dim] / row.search_ms
-            size = dense.nbytes / row.nbytes  # type: ignore[operator]
+            speed, size = target_ratios(row, dense, dim)
             if speed >= 10 and size >= 10:
                 both = "both met"
             elif speed >= 10 or size >= 10:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 from distill.cli import DistillCLI  # noqa: E402
 from distill.data.shapes import Signature, are_twins  # noqa: E402
 from distill.diagnostics import spearman_per_row  # noqa: E402
+from distill.eval_buffer import concat_inputs  # noqa: E402
 from distill.losses.cprd import cprd_loss  # noqa: E402
 from distill.report import update_markdown_section  # noqa: E402
 from distill.students.weights import load_student_weights  # noqa: E402
@@ -45,9 +46,7 @@ def encode_split(model, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         ids.append(batch["a_id"])
         a_inputs.append(batch["a"])
         b_inputs.append(batch["b"])
-    merged_a = {key: torch.cat([part[key] for part in a_inputs]) for key in a_inputs[0]}
-    merged_b = {key: torch.cat([part[key] for part in b_inputs]) for key in b_inputs[0]}
-    return torch.cat(a), torch.cat(b), torch.cat(ids), merged_a, merged_b
+    return torch.cat(a), torch.cat(b), torch.cat(ids), concat_inputs(a_inputs), concat_inputs(b_inputs)
 
 
 @torch.no_grad()

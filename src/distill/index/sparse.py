@@ -102,6 +102,11 @@ def quantize_impacts(values: np.ndarray, scale: float, chunk: int = 1 << 24) -> 
     return out
 
 
+def _describe(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    """``{name: {"dtype", "shape"}}`` of the arrays, as ``sparse.json`` records them."""
+    return {name: {"dtype": str(array.dtype), "shape": list(array.shape)} for name, array in arrays.items()}
+
+
 def _checksum(arrays: dict[str, np.ndarray]) -> int:
     crc = 0
     for name in sorted(arrays):
@@ -377,7 +382,7 @@ class SparseIndex:
             "format_version": FORMAT_VERSION, "kind": "sparse", "weights": self.weights, "count": self.num_docs,
             "num_terms": self.num_terms, "nnz": self.nnz, "block_size": BLOCK_SIZE, "scale": self.scale,
             "bytes": self.nbytes, "crc32": _checksum(arrays),
-            "arrays": {name: {"dtype": str(array.dtype), "shape": list(array.shape)} for name, array in arrays.items()},
+            "arrays": _describe(arrays),
         })
 
     @classmethod
@@ -406,8 +411,7 @@ class SparseIndex:
             raise ValueError(f"'{arrays_path}' holds arrays {sorted(arrays)}; a {weights} sparse index has "
                              f"{sorted(expected)}")
         if version == FORMAT_VERSION:
-            described = {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in arrays.items()}
-            if described != meta.get("arrays") or _checksum(arrays) != meta.get("crc32"):
+            if _describe(arrays) != meta.get("arrays") or _checksum(arrays) != meta.get("crc32"):
                 raise ValueError(f"'{arrays_path}' does not match '{meta_path}' (array shapes or CRC-32 differ): the "
                                  "two files come from different saves or one is damaged; rebuild the index")
         try:
