@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from distill.cli import DistillCLI  # noqa: E402
+from distill.cli.recipe import DistillCLI  # noqa: E402
 from distill.io import atomic_write_json  # noqa: E402
-from distill.report import COLUMNS, format_markdown_table, mean_std_rows, print_table, update_markdown_section  # noqa: E402
+from distill.cli.report import COLUMNS, format_markdown_table, mean_std_rows, print_table, update_markdown_section  # noqa: E402
 
 RECIPES = {
     "infonce": "InfoNCE only",
@@ -101,9 +101,9 @@ def run_recipe(recipe: str, seed: int, args: argparse.Namespace, student_init: P
         overrides.append(f"--model.init_args.teacher.init_args.weights={args.teacher_dir}")
         # The teacher's own ranking does not depend on the student: evaluate it once.
         evaluate_teacher = recipe == "cprd" and seed == args.seeds[0]
-        overrides.append(f"--model.init_args.evaluate_teacher={str(evaluate_teacher).lower()}")
+        overrides.append(f"--model.init_args.evaluator.init_args.evaluate_teacher={str(evaluate_teacher).lower()}")
         # Two-stage re-ranking is reported for the CPRD student only (it costs teacher passes).
-        overrides.append(f"--model.init_args.two_stage_k={16 if recipe == 'cprd' else 0}")
+        overrides.append(f"--model.init_args.evaluator.init_args.two_stage_k={16 if recipe == 'cprd' else 0}")
     cli = DistillCLI(args=overrides + list(args.override))
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     return cli.model.test_results

@@ -10,10 +10,10 @@ Everything is measured in this one process run, side by side:
   only the query's text encoding and one fusion pass per (image, query) pair count. Pairs/s is
   measured on a few hundred pairs and extrapolated linearly to N.
 * student query encoding: the demo students' text towers, PyTorch and ONNX Runtime, batch 1.
-* dense: exact inner-product search (:class:`distill.index.DenseIndex`) over N synthetic
+* dense: exact inner-product search (:class:`distill.serving.index.DenseIndex`) over N synthetic
   L2-normalised float32 vectors at the widths real students have: D=128 (the demo students),
   384 (MiniLM-L6 text students) and 768 (BERT-base-width dense retrievers).
-* sparse: :class:`distill.index.SparseIndex` over N synthetic SPLADE-like vectors (V=30522, ~120
+* sparse: :class:`distill.serving.index.SparseIndex` over N synthetic SPLADE-like vectors (V=30522, ~120
   non-zeros per document, ~20 per query, term ids drawn from a Zipf-like law ``p(r) ~ 1/(r + 100)``
   so that frequent terms have long posting lists, weights uniform in [0.1, 3]), in three forms:
   exact float32 postings, uint8 impacts with block-local uint16 document ids, and the same with each
@@ -49,7 +49,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from distill.index import DenseIndex, SparseIndex, merge_top_k
+from distill.serving.index import DenseIndex, SparseIndex, merge_top_k
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
@@ -145,7 +145,8 @@ def student_encode_ms(preset: str) -> tuple[float, float]:
     import onnxruntime as ort
     import yaml
 
-    from distill.export import export_onnx, instantiate
+    from distill.instantiate import instantiate
+    from distill.serving.onnx import export_onnx
 
     student = instantiate(yaml.safe_load((REPO / "students" / preset).read_text())).eval()
     spec = {"modality": "text", "max_length": 32, "vocab_size": 29}
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     text, markdown = render(rows, notes, settings, command)
     print(text)
     print("\n".join(verdicts(rows, settings)))
-    from distill.report import update_markdown_section
+    from distill.cli.report import update_markdown_section
 
     update_markdown_section(args.out, "retrieval", markdown)
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)

@@ -8,8 +8,8 @@ side with the other: image -> caption queries images against an index of the cap
 -> image queries captions against an index of the image vectors. Rows:
 
 * exact scoring: the dense ``[Na, Nb]`` matrix of dot products of the same vectors, ranked with
-  :func:`distill.evaluation.retrieval_metrics` (what training's evaluation reports);
-* the index with float32 postings (:class:`distill.index.SparseIndex`), which must give the same recall;
+  :func:`distill.evaluation.retrieval_metrics` (the recall training's evaluation reports);
+* the index with float32 postings (:class:`distill.serving.index.SparseIndex`), which must give the same recall;
 * uint8 impacts (3 bytes per posting), then uint8 with each indexed vector pruned to its k largest
   weights (``--top-k``); queries always keep every weight.
 
@@ -31,12 +31,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from distill.eval_buffer import RetrievalEvalBuffer  # noqa: E402
-from distill.evaluation import DEFAULT_KS, retrieval_metrics  # noqa: E402
-from distill.export import load_student  # noqa: E402
-from distill.index import SparseIndex  # noqa: E402
-from distill.index.commands import load_datamodule  # noqa: E402
-from distill.report import update_markdown_section  # noqa: E402
+from distill.cli.recipe import load_datamodule  # noqa: E402
+from distill.evaluation import DEFAULT_KS, SplitBuffer, retrieval_metrics  # noqa: E402
+from distill.serving import load_student  # noqa: E402
+from distill.serving.index import SparseIndex  # noqa: E402
+from distill.cli.report import update_markdown_section  # noqa: E402
 
 COLUMNS = ("i->t R@1", "i->t R@5", "i->t R@10", "t->i R@1", "t->i R@5", "t->i R@10", "RSUM",
            "nnz/caption", "nnz/image", "bytes/caption", "bytes/image")
@@ -48,11 +47,14 @@ def encode_split(student: torch.nn.Module, data: str, split: str) -> tuple[np.nd
     datamodule = load_datamodule(data)
     datamodule.setup("test" if split == "test" else "validate")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
-    buffer = RetrievalEvalBuffer()
+    buffer = SplitBuffer()
     for batch in loader:
-        buffer.add(batch["a_id"], student.encode_a(batch["a"]), student.encode_b(batch["b"]))
+        rows = buffer.new_a(batch["a_id"])
+        buffer.add_a(batch["a_id"][rows], student.encode_a({k: v[rows] for k, v in batch["a"].items()}))
+        buffer.add_b(batch["b_id"], student.encode_b(batch["b"]))
+        buffer.add_pairs(batch["a_id"], batch["b_id"])
     split_vectors = buffer.finalize()
-    return (split_vectors.a_embeddings.numpy(), split_vectors.b_embeddings.numpy(), split_vectors.b_to_a.numpy())
+    return split_vectors.a.numpy(), torch.cat(split_vectors.b).numpy(), split_vectors.b_owner.numpy()
 
 
 def recall_from_lists(rows: np.ndarray, hit: np.ndarray, ks: Sequence[int]) -> dict[int, float]:

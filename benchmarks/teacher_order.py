@@ -23,12 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from distill.cli import DistillCLI  # noqa: E402
+from distill.cli.recipe import DistillCLI  # noqa: E402
 from distill.data.shapes import Signature, are_twins  # noqa: E402
-from distill.diagnostics import spearman_per_row  # noqa: E402
-from distill.eval_buffer import concat_inputs  # noqa: E402
+from distill.evaluation.diagnostics import spearman_per_row  # noqa: E402
+from distill.inputs import concat_inputs  # noqa: E402
 from distill.losses.cprd import cprd_loss  # noqa: E402
-from distill.report import update_markdown_section  # noqa: E402
+from distill.cli.report import update_markdown_section  # noqa: E402
 from distill.students.weights import load_student_weights  # noqa: E402
 
 

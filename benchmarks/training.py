@@ -54,9 +54,11 @@ import yaml
 from distill.cache import CachedCandidatesDataModule
 from distill.cache.build import BuildSettings, build_teacher_cache
 from distill.data import ShapesDataModule
-from distill.export import instantiate
+from distill.instantiate import instantiate
 from distill.losses import CPRD, InfoNCE
-from distill.module import DistillationModule
+from distill.evaluation import RecallEvaluator
+from distill.training import DistillationModule
+from distill.training.candidates import CachedCandidates, InBatchNegatives
 from distill.teachers import ShapesCrossEncoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,9 +110,10 @@ def make_module(variant: str, teacher: ShapesCrossEncoder, k: int, cache: Path) 
     losses: dict[str, Any] = {"infonce": InfoNCE()}
     if variant != "infonce":
         losses["cprd"] = CPRD(temperature=0.05, rule="top_m", top_m=8)
+    candidates = CachedCandidates(str(cache)) if variant == "cached" else InBatchNegatives()
     return DistillationModule(
         student=demo_student(), teacher=teacher if variant == "live" else None, losses=losses,
-        num_hard_negatives=k, teacher_cache=str(cache) if variant == "cached" else None, diagnostics=False,
+        num_hard_negatives=k, candidates=candidates, evaluator=RecallEvaluator(diagnostics=False),
     )
 
 
@@ -427,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "OMP_NUM_THREADS=1 python benchmarks/training.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     text, markdown = render(results, context, settings, command)
     print(text)
-    from distill.report import update_markdown_section
+    from distill.cli.report import update_markdown_section
 
     update_markdown_section(args.out, "training", markdown)
     print(f"\nwrote {args.out}")

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models and data, CPU only, seeded, no network."""
+"""Fixtures: tiny models and data from :mod:`tests.helpers`; CPU only, seeded, no network."""
 
 from __future__ import annotations
 
@@ -11,12 +11,20 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-TINY_TEACHER = dict(vocab_size=64, max_length=32, image_size=32, patch_size=16, width=32, heads=2,
-                    image_layers=1, text_layers=1, fusion_layers=1, embed_dim=16, mlp_ratio=2)
-
-TINY_DATA = dict(num_train=48, num_val=8, num_test=8, image_size=32, batch_size=8, eval_batch_size=16)
+from tests.helpers import (  # noqa: E402  (the offline switches above must come first)
+    TINY_DATA,
+    TINY_TEACHER,
+    TinyModels,
+    bert_tokenizer,
+    make_student,
+    save_bert,
+    save_blip,
+    save_clip,
+    save_cross_encoder,
+    save_vilt,
+    write_beir,
+    write_image_text_data,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,15 +45,6 @@ def tiny_teacher_dir(tmp_path: Path, tiny_teacher) -> Path:
     return tiny_teacher.save_pretrained(tmp_path / "teacher")
 
 
-def make_student(embed_dim: int = 16):
-    from distill.students import DualEncoder, TimmImageTower, TransformersTextTower
-
-    image = TimmImageTower("resnet10t")
-    text = TransformersTextTower(config=dict(model_type="bert", vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
-    return DualEncoder(image, text, embed_dim=embed_dim)
-
-
 @pytest.fixture
 def tiny_student():
     return make_student()
@@ -58,3 +57,38 @@ def tiny_datamodule():
     dm = ShapesDataModule(**TINY_DATA)
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    return TinyModels(blip=save_blip(root / "blip"), vilt=save_vilt(root / "vilt"), clip=save_clip(root / "clip"),
+                      bert=save_bert(root / "bert"), cross_encoder=save_cross_encoder(root / "cross-encoder"))
+
+
+@pytest.fixture
+def image_text_data(tmp_path: Path) -> dict[str, Path]:
+    return write_image_text_data(tmp_path / "data")
+
+
+@pytest.fixture
+def beir_dir(tmp_path: Path) -> Path:
+    return write_beir(tmp_path / "beir")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tokenizer")
+    bert_tokenizer(folder, model_max_length=64).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def image_data(tmp_path: Path) -> dict[str, Path]:
+    return write_image_text_data(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
+
+
+@pytest.fixture
+def beir_data(tmp_path: Path) -> Path:
+    return write_beir(tmp_path / "beir", with_scores=False)

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """Lazy access to ``load_student`` / ``load_tokenizer`` (kept out of ``import distill``)."""
     if name in ("load_student", "load_tokenizer"):
-        from distill import export
+        from distill.serving import loading
 
-        return getattr(export, name)
+        return getattr(loading, name)
     raise AttributeError(f"module 'distill' has no attribute '{name}'")

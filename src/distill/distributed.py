@@ -1,6 +1,6 @@
 """Cross-process gathers for in-batch negatives over the global batch (DDP, FSDP, multi-node).
 
-With ``W`` processes each holding a local batch of ``B`` pairs, :class:`~distill.module.DistillationModule`
+With ``W`` processes each holding a local batch of ``B`` pairs, :class:`~distill.training.DistillationModule`
 computes its losses on every rank over the *global* batch of ``W * B`` pairs, as open_clip does with
 ``gather_with_grad`` and ``local_loss=False``:
 
@@ -31,6 +31,7 @@ from torch import Tensor
 
 __all__ = [
     "gather_inputs",
+    "gather_strings",
     "gather_tensor",
     "gather_with_grad",
     "is_distributed",
@@ -134,6 +135,15 @@ def gather_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
             pad += [0, int(want) - int(have)]
         gathered[key] = gather_tensor(F.pad(value, pad) if any(pad) else value)
     return gathered
+
+
+def gather_strings(value: str) -> list[str]:
+    """Every process's ``value``, in rank order (``[value]`` when not distributed)."""
+    if not is_distributed():
+        return [value]
+    values: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return [str(v) for v in values]
 
 
 def local_rows(size: int, device: torch.device | None = None) -> slice:

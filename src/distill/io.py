@@ -90,22 +90,232 @@ def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tenso
         raise
 
 
-def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle)."""
+def load_weights(path: str | os.PathLike[str], option: str = "weights file") -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never pickle); a missing or damaged file is one line naming it."""
+    from distill.errors import InputError
+
     source = Path(path)
     if not source.is_file():
-        raise FileNotFoundError(f"weights file '{source}' does not exist")
-    return load_file(str(source))
+        raise InputError(f"{option} '{source}' does not exist")
+    try:
+        return load_file(str(source))
+    except Exception as error:  # safetensors raises its own SafetensorError (and OSError, ValueError)
+        raise InputError(f"{option} '{source}' is damaged or not a safetensors file "
+                         f"({str(error).splitlines()[0][:120] if str(error) else type(error).__name__}): "
+                         "restore it or export it again") from None
+
+
+def load_weights_into(module: torch.nn.Module, path: str | os.PathLike[str],
+                      option: str = "weights file") -> tuple[list[str], list[str]]:
+    """``safetensors.torch.load_model(module, path, strict=False)`` (which re-ties shared tensors), with the
+    errors of :func:`load_weights`; returns ``(missing, unexpected)`` keys."""
+    from safetensors.torch import load_model
+
+    load_weights(path, option)  # validates the file; cheap next to the model load
+    missing, unexpected = load_model(module, str(path), strict=False)
+    return list(missing), list(unexpected)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's contents; a missing, non-UTF-8 or malformed file is one line naming it."""
+    from distill.errors import InputError
+
     source = Path(path)
     if not source.is_file():
-        raise FileNotFoundError(f"'{source}' does not exist")
+        raise InputError(f"'{source}' does not exist")
     try:
         return json.loads(source.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
-        raise ValueError(f"'{source}' is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-                         f"{error.start}): re-encode it as UTF-8") from error
+        raise InputError(f"'{source}' is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start}): re-encode it as UTF-8") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"'{source}' is not valid JSON: {error}") from error
+        raise InputError(f"'{source}' is not valid JSON: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def _folder_busy(message: str) -> Exception:
+    from distill.errors import FolderBusyError
+
+    return FolderBusyError(message)
+
+
+@contextmanager
+def folder_lock(target: str | os.PathLike[str], what: str = "folder") -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a ``.<name>.lock`` file beside it) or refuse at once.
+
+    A second writer of the same folder gets :class:`~distill.errors.FolderBusyError` naming the folder instead of
+    interleaving its files with the first writer's. The lock is released when the block ends or the
+    process dies (``fcntl.flock``).
+    """
+    import fcntl
+
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    handle = open(lock_path, "a+b")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _folder_busy(f"another process is writing the {what} '{path}': wait for it to finish, or write "
+                               "to another folder") from None
+        yield
+    finally:
+        handle.close()
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return result == 0
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
+    """Build a folder in a temporary sibling, then put it in place of ``target`` in one step.
+
+    Yields the temporary folder. On success it replaces ``target`` (an existing folder is swapped out in one
+    ``renameat2`` exchange where the system has it, else moved aside and removed after the rename), so a
+    reader sees the old complete folder or the new complete one. On failure the temporary folder is removed
+    and ``target`` is untouched. The whole build holds :func:`folder_lock` on ``target``.
+    """
+    import shutil
+
+    path = Path(target)
+    with folder_lock(path, what):
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # an earlier build killed before its rename
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            yield scratch
+            os.chmod(scratch, 0o777 & ~_umask())
+            for inner in scratch.rglob("*"):  # some writers create private (0600) files; give them the usual mode
+                os.chmod(inner, (0o777 if inner.is_dir() else 0o666) & ~_umask())
+            if path.is_dir() and not path.is_symlink():
+                if not _exchange(scratch, path):
+                    aside = path.parent / f".{path.name}.old-{os.getpid()}"
+                    os.replace(path, aside)
+                    os.replace(scratch, path)
+                    scratch = aside
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                if path.exists() or path.is_symlink():
+                    raise FileExistsError(f"'{path}' exists and is not a folder: choose another output folder")
+                os.replace(scratch, path)
+            fsync_folder(path.parent)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for a writer that takes a file name (ONNX, safetensors);
+    rename it onto ``path`` if the block succeeds, remove it otherwise."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp_name)
+        os.chmod(tmp_name, _default_mode())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+REMOTE_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://", "gcs://", "hdfs://", "az://", "abfs://")
+
+
+def load_checkpoint_file(path: str | os.PathLike[str], option: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint's contents, read with ``torch.load(weights_only=True)``: tensors and plain containers only.
+
+    Remote paths (``http://``, ``s3://``...) are refused: download the file yourself and pass the local copy.
+    Every failure names the file and ``option`` (the setting it came from) in one line; a file holding
+    pickled code or objects is refused, and nothing suggests turning the check off.
+    """
+    from distill.errors import InputError, UnsafeFileError
+
+    text = os.fspath(path)
+    if text.lower().startswith(REMOTE_SCHEMES) or "://" in text:
+        raise InputError(f"{option} '{text}' is a remote address; distill reads checkpoints from local files only: "
+                         "download it, check where it came from, and pass the local path")
+    source = Path(text)
+    if source.is_dir():
+        raise InputError(f"{option} '{source}' is a folder, not a checkpoint file: pass the .ckpt file inside it "
+                         "(e.g. .../checkpoints/last.ckpt)")
+    if not source.is_file():
+        raise InputError(f"{option} '{source}' does not exist: check the path")
+    if source.stat().st_size == 0:
+        raise InputError(f"{option} '{source}' is empty: it is not a checkpoint (an interrupted copy?)")
+    import pickle
+
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        found = next((line for line in lines if line.startswith("WeightsUnpickler error:")), "")
+        reason = found.removeprefix("WeightsUnpickler error:").split(". Please", 1)[0].strip()[:160]
+        if found:
+            raise UnsafeFileError(
+                f"{option} '{source}' holds code or objects that are not tensors ({reason}), which distill never "
+                "loads: use a checkpoint written by distill or another run you trust") from None
+        raise InputError(f"{option} '{source}' is damaged or not a PyTorch checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise InputError(f"{option} '{source}' is damaged or not a PyTorch checkpoint (truncated or another "
+                         f"format: {first})") from None
+    if not isinstance(checkpoint, dict):
+        raise InputError(f"{option} '{source}' holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    return checkpoint
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_manifest(folder: str | os.PathLike[str], exclude: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """``{file name: {"bytes", "sha256"}}`` of every regular file directly in ``folder`` (dot files excluded)."""
+    root = Path(folder)
+    return {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            for path in sorted(root.iterdir())
+            if path.is_file() and not path.name.startswith(".") and path.name not in exclude}
+
+
+def verify_folder(folder: str | os.PathLike[str], files: dict[str, dict[str, Any]], what: str, fix: str) -> None:
+    """Check every file listed in a manifest: present, same size, same SHA-256; one line naming the first that
+    is not (damaged, or written by another build)."""
+    from distill.errors import InputError
+
+    root = Path(folder)
+    for name, expected in sorted(files.items()):
+        path = root / name
+        if not path.is_file():
+            raise InputError(f"{what} '{root}' lists {name}, which is missing: {fix}")
+        if path.stat().st_size != int(expected.get("bytes", -1)) or file_sha256(path) != expected.get("sha256"):
+            raise InputError(f"{what} file '{path}' does not match its manifest (damaged, or from another build): "
+                             f"{fix}")

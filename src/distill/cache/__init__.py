@@ -4,7 +4,8 @@
 * :mod:`distill.cache.format`: shard and manifest format, fingerprints, verification, :func:`load_cache`;
 * :mod:`distill.cache.data`: :class:`CachedCandidatesDataModule`, which batches anchors with their cached
   candidates and attaches the cached scores;
-* :mod:`distill.cache.candidates`: :func:`resolve_cached_candidates`, used by the module's training step.
+* :class:`distill.training.candidates.CachedCandidates`: the candidate source that reads the cached fields of
+  a batch in the training step.
 
 Names are re-exported lazily, so importing this package does not import Lightning.
 """
@@ -17,10 +18,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     "BuildSettings": "build",
     "build_teacher_cache": "build",
-    "CACHE_BATCH_KEY": "candidates",
-    "resolve_cached_candidates": "candidates",
-    "PairCorpus": "corpus",
-    "corpus_from_datamodule": "corpus",
+    "CACHE_BATCH_KEY": "format",
     "CachedCandidatesDataModule": "data",
     "CachedCollate": "data",
     "CandidateGroupBatchSampler": "data",
@@ -38,8 +36,6 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from distill.cache.build import BuildSettings, build_teacher_cache
-    from distill.cache.candidates import CACHE_BATCH_KEY, resolve_cached_candidates
-    from distill.cache.corpus import PairCorpus, corpus_from_datamodule
     from distill.cache.data import (
         CachedCandidatesDataModule,
         CachedCollate,
@@ -47,6 +43,7 @@ if TYPE_CHECKING:
         CandidateTables,
     )
     from distill.cache.format import (
+        CACHE_BATCH_KEY,
         CacheMismatchError,
         TeacherCache,
         data_identity,

@@ -13,7 +13,7 @@ are the wrapped module's; the train loader differs in two ways:
   mutual neighbours together: more anchors find their candidates in the batch (on the demo data with an
   InfoNCE-warmed student, about 6 of K=8 per anchor at B=64, against about 4).
 * :class:`CachedCollate` adds ``batch["teacher_cache"]`` (see
-  :data:`distill.cache.candidates.CACHE_FIELDS`): per item, its a2b and b2a cached candidate ids and
+  :data:`distill.cache.format.CACHE_FIELDS`): per item, its a2b and b2a cached candidate ids and
   teacher scores and the teacher score of its own pair. The module resolves the ids to batch columns.
 
 The epoch has ``len(sampler) // B`` batches (the last partial batch is dropped). Seeds already placed
@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
-from distill.cache.candidates import CACHE_BATCH_KEY
-from distill.cache.corpus import PairCorpus, corpus_from_datamodule
-from distill.cache.format import TeacherCache, data_identity, load_cache, verify_manifest
+from distill.cache.format import CACHE_BATCH_KEY, TeacherCache, data_identity, load_cache, verify_manifest
+from distill.data.common import DataError
+from distill.data.items import PairCorpus, corpus_from_datamodule
 
 __all__ = [
     "CachedCandidatesDataModule",
@@ -71,7 +71,7 @@ class CandidateTables:
     @classmethod
     def build(cls, cache: TeacherCache, corpus: PairCorpus) -> "CandidateTables":
         if not (torch.equal(cache.pair_a_ids, corpus.a_ids) and torch.equal(cache.pair_b_ids, corpus.b_ids)):
-            raise ValueError(f"teacher cache '{cache.path}' lists other items than the data module's split; "
+            raise DataError(f"teacher cache '{cache.path}' lists other items than the data module's split; "
                              "rebuild it with `python -m distill cache-teacher`")
         a_row = _positions(cache.anchor_ids["a2b"], corpus.a_ids, cache.path, "a2b")
         b_row = _positions(cache.anchor_ids["b2a"], corpus.b_ids, cache.path, "b2a")
@@ -88,7 +88,7 @@ class CandidateTables:
         )
 
     def fields(self, items: Tensor) -> dict[str, Tensor]:
-        """``batch["teacher_cache"]`` for the given items (see :data:`~distill.cache.candidates.CACHE_FIELDS`)."""
+        """``batch["teacher_cache"]`` for the given items (see :data:`~distill.cache.format.CACHE_FIELDS`)."""
         return {
             "a2b_ids": self.a2b_ids[items], "a2b_scores": self.a2b_scores[items],
             "b2a_ids": self.b2a_ids[items], "b2a_scores": self.b2a_scores[items],
@@ -102,7 +102,7 @@ def _positions(anchor_ids: Tensor, item_ids: Tensor, path: Path, direction: str)
     try:
         return torch.tensor([row_of[value] for value in item_ids.tolist()], dtype=torch.long)
     except KeyError as error:
-        raise ValueError(f"teacher cache '{path}' has no {direction} row for id {error.args[0]}; rebuild it with "
+        raise DataError(f"teacher cache '{path}' has no {direction} row for id {error.args[0]}; rebuild it with "
                          "`python -m distill cache-teacher`") from None
 
 
@@ -218,11 +218,14 @@ class CandidateGroupBatchSampler(BatchSampler):
 class CachedCandidatesDataModule(L.LightningDataModule):
     """Wraps a data module so that training reads teacher scores from a cache (``cache-teacher``).
 
-    Recipe (the model's ``teacher_cache`` names the folder; the teacher, when set, is verified, not called)::
+    Recipe (the model's ``CachedCandidates`` source names the folder; the teacher, when set, is verified, not
+    called)::
 
         model:
           init_args:
-            teacher_cache: caches/shapes-k16
+            candidates:
+              class_path: distill.training.candidates.CachedCandidates
+              init_args: {path: caches/shapes-k16}
         data:
           class_path: distill.cache.CachedCandidatesDataModule
           init_args:
@@ -230,7 +233,7 @@ class CachedCandidatesDataModule(L.LightningDataModule):
 
     Args:
         data: the data module whose train split the cache was built from.
-        cache_dir: the cache folder; default: the attached model's ``teacher_cache``.
+        cache_dir: the cache folder; default: the attached model's ``teacher_cache`` (its CachedCandidates path).
         group_negatives: cached candidates per direction that each item brings into its batch (default: K).
         seed: seeds the per-epoch shuffle of seed items.
 
@@ -267,11 +270,12 @@ class CachedCandidatesDataModule(L.LightningDataModule):
         from_model = getattr(model, "teacher_cache", None)
         if self.cache_dir is not None and from_model is not None and \
                 Path(self.cache_dir).resolve() != Path(from_model).resolve():
-            raise ValueError(f"data.init_args.cache_dir '{self.cache_dir}' and model.init_args.teacher_cache "
+            raise DataError(f"data.init_args.cache_dir '{self.cache_dir}' and the model's CachedCandidates path "
                              f"'{from_model}' name different folders: set one of them")
         folder = self.cache_dir or from_model
         if folder is None:
-            raise ValueError("CachedCandidatesDataModule needs a cache: set model.init_args.teacher_cache (or "
+            raise DataError("CachedCandidatesDataModule needs a cache: set model.init_args.candidates to "
+                            "{class_path: distill.training.candidates.CachedCandidates, init_args: {path: <dir>}} (or "
                              "data.init_args.cache_dir) to a folder built by `python -m distill cache-teacher`")
         return Path(folder)
 

@@ -31,11 +31,13 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
-from distill.cache.corpus import PairCorpus, unwrap_datamodule
+from distill.data.items import PairCorpus, unwrap_datamodule
 from distill.data.common import DataError
 from distill.io import read_json
 
 __all__ = [
+    "CACHE_BATCH_KEY",
+    "CACHE_FIELDS",
     "CacheMismatchError",
     "DIRECTIONS",
     "FORMAT",
@@ -45,7 +47,6 @@ __all__ = [
     "TeacherCache",
     "data_identity",
     "datamodule_init_args",
-    "file_digest",
     "first_difference",
     "load_cache",
     "read_manifest",
@@ -56,6 +57,11 @@ __all__ = [
 ]
 
 FORMAT = "distill-teacher-cache"
+CACHE_BATCH_KEY = "teacher_cache"
+# Fields of ``batch[CACHE_BATCH_KEY]`` (:class:`~distill.cache.CachedCandidatesDataModule`), one row per item:
+# a2b_ids / b2a_ids long [B, K] (candidate b / a ids, -1 padding), a2b_scores / b2a_scores float32 [B, K],
+# pair_scores float32 [B] (the teacher score of the item's own pair).
+CACHE_FIELDS: tuple[str, ...] = ("a2b_ids", "a2b_scores", "b2a_ids", "b2a_scores", "pair_scores")
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DIRECTIONS: tuple[str, str] = ("a2b", "b2a")
@@ -88,15 +94,6 @@ def tensor_digest(state: Mapping[str, Tensor]) -> str:
         value = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -194,10 +191,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         partial = " (it holds a partial build: run the same cache-teacher command again to resume)" \
             if folder.is_dir() and any(folder.glob("*.safetensors")) else ""
-        raise FileNotFoundError(f"teacher cache '{folder}' has no {MANIFEST_NAME}{partial}; {REBUILD_HINT}")
+        raise DataError(f"teacher cache '{folder}' has no {MANIFEST_NAME}{partial}; {REBUILD_HINT}")
     manifest = read_json(manifest_path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"'{manifest_path}' is not a {FORMAT} manifest")
+        raise DataError(f"'{manifest_path}' is not a {FORMAT} manifest; {REBUILD_HINT}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CacheMismatchError(
             f"teacher cache '{folder}': format_version is {manifest.get('format_version')!r}, this code reads "
@@ -272,7 +269,7 @@ def load_cache(path: str | Path, verify_checksums: bool = True) -> TeacherCache:
     for entry in manifest["shards"]:
         shard_path = folder / entry["file"]
         if not shard_path.is_file():
-            raise FileNotFoundError(f"teacher cache '{folder}' lists {entry['file']}, which is missing; {REBUILD_HINT}")
+            raise CacheMismatchError(f"teacher cache '{folder}' lists {entry['file']}, which is missing; {REBUILD_HINT}")
         data = shard_path.read_bytes()
         if verify_checksums and hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CacheMismatchError(f"teacher cache shard '{shard_path}' does not match its sha256 in "

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NotRequired, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, NotRequired, TypedDict
 
 import torch
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
+NEGATIVE_KEYS = ("b_neg", "b_neg_id")
+"""Batch keys of listed negatives: ``b_neg`` inputs ``[B*n, ...]`` (item-major) and their ids ``b_neg_id [B, n]``."""
+
+
+def teacher_views(batch: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The teacher's inputs: ``batch["teacher_a"/"teacher_b"]`` when the data module preprocesses separately
+    for the teacher (another tokenizer, image size or normalisation), else the student's ``a`` / ``b``."""
+    return batch.get("teacher_a", batch["a"]), batch.get("teacher_b", batch["b"])
 
 
 class ImageInputs(TypedDict):

@@ -11,7 +11,8 @@
 Training items are (query, one positive passage) pairs, from ``train_file`` rows (a row without
 ``positive_ids`` takes its positives from ``qrels/<train_split>.tsv``) or, without ``train_file``,
 from every positive of ``qrels/<train_split>.tsv``. With ``num_negatives > 0`` each item also
-draws that many of its row's ``negative_ids`` (again at every visit).
+draws that many of its row's ``negative_ids``, anew each epoch (a function of the seed, the item and the
+epoch, so a resumed run draws what an uninterrupted one would).
 
 Batches (``a`` = queries, ``b`` = passages; ids are row numbers in queries.jsonl / corpus.jsonl):
 
@@ -52,6 +53,7 @@ from distill.data.common import (
     tokenize,
     utf8_lines,
 )
+from distill.data.common import logger
 from distill.data.sampling import resumable_train_loader
 from distill.pretrained import load_tokenizer
 
@@ -129,21 +131,24 @@ class TrainItem:
 
 
 class TripleDataset(Dataset):
-    """Training items; each visit draws ``num_negatives`` of the item's negatives (with replacement if short)."""
+    """Training items; each epoch draws ``num_negatives`` of an item's negatives (with replacement if short),
+    from ``(seed, item, epoch)`` alone: the resumable loader tells the dataset the epoch (``set_epoch``)."""
 
     def __init__(self, items: list[TrainItem], num_negatives: int, seed: int) -> None:
         self.items = items
         self.num_negatives = num_negatives
         self.seed = seed
-        self.visits = [0] * len(items)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
-        visit = self.visits[index]
-        self.visits[index] += 1
+        visit = self.epoch
         out: dict[str, Any] = {"query": item.query, "positive": item.positive}
         if self.num_negatives:
             rng = random.Random(self.seed * 1_000_003 + index * 7919 + visit)
@@ -218,6 +223,10 @@ class TextCollator:
             batch["teacher_scores"] = torch.tensor([item["scores"] for item in items], dtype=torch.float32)
         return batch
 
+    def teacher_view(self, texts: list[str], side: str) -> dict[str, torch.Tensor]:
+        """Texts tokenised for the teacher (alone, no special tokens), or for the student without a teacher tokenizer."""
+        return self._teacher(texts) if self.teacher_tokenizer is not None else self._student(texts, side)
+
     def queries_batch(self, rows: list[int]) -> dict[str, Any]:
         return {"a": self._student([self.queries[r] for r in rows], "query"),
                 "a_id": torch.tensor(rows, dtype=torch.long)}
@@ -225,6 +234,19 @@ class TextCollator:
     def corpus_batch(self, rows: list[int]) -> dict[str, Any]:
         return {"b": self._student([self.corpus[r] for r in rows], "passage"),
                 "b_id": torch.tensor(rows, dtype=torch.long)}
+
+
+class BeirItemStore:
+    """An :class:`~distill.data.items.ItemStore` over a BEIR folder's queries (a) and passages (b), by row."""
+
+    def __init__(self, collator: TextCollator) -> None:
+        self.collator = collator
+
+    def load_a(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.collator.teacher_view([self.collator.queries[int(i)] for i in ids.tolist()], "query")
+
+    def load_b(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.collator.teacher_view([self.collator.corpus[int(i)] for i in ids.tolist()], "passage")
 
 
 class BeirTextDataModule(L.LightningDataModule):
@@ -397,8 +419,12 @@ class BeirTextDataModule(L.LightningDataModule):
         return items
 
     def _read_eval(self, split: str, query_rows: dict[str, int], corpus_rows: dict[str, int]) -> Relevance:
+        """Judgments of ``split`` by row. Every judged query counts (BEIR / pytrec_eval): a query whose judged
+        passages are all grade 0 stays and scores 0, and a judged passage missing from corpus.jsonl keeps a
+        negative id that nothing retrieves (it still counts in Recall and the ideal DCG). Both are logged."""
         relevance: Relevance = {}
         where = f"qrels/{split}.tsv"
+        absent: dict[str, int] = {}
         for query, judged in read_qrels(self.data_dir / "qrels" / f"{split}.tsv").items():
             row = self._query_row(query, query_rows, where)
             if row is None:
@@ -407,15 +433,20 @@ class BeirTextDataModule(L.LightningDataModule):
             for passage, score in judged.items():
                 passage_row = corpus_rows.get(passage)
                 if passage_row is None:
-                    self.bad_items.report("unknown_passage", f"{where}: corpus-id '{passage}' (query '{query}') is "
-                                          "not in corpus.jsonl")
-                    continue
+                    passage_row = absent.setdefault(passage, -1 - len(absent))
                 grades[passage_row] = score
-            if not any(score > 0 for score in grades.values()):
-                self.bad_items.report("missing_qrels", f"{where}: query '{query}' has no relevant passage")
-                continue
             relevance[row] = grades
+        zero = sum(1 for grades in relevance.values() if not any(g > 0 for g in grades.values()))
+        if zero or absent:
+            logger.info("%s: %s has %d judged queries; %d have no passage graded > 0 and score 0 on every metric, "
+                        "%d judged passages are not in corpus.jsonl and count as never retrieved", OWNER, where,
+                        len(relevance), zero, len(absent))
         return relevance
+
+    def item_store(self, stage: str) -> "BeirItemStore":
+        """Loads queries (a) and passages (b) by row, tokenised for the teacher (``teacher_tokenizer``) or else
+        for the student: what two-stage re-ranking and diagnostics score."""
+        return BeirItemStore(self.collator)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the corpus, queries, qrels and training rows once; check every id."""
@@ -433,7 +464,7 @@ class BeirTextDataModule(L.LightningDataModule):
             self._eval_queries[name] = sorted(self._relevance[name])
             corpus = list(range(len(self.corpus)))
             if self.limit_corpus is not None:
-                judged = {p for grades in self._relevance[name].values() for p in grades}
+                judged = {p for grades in self._relevance[name].values() for p in grades if p >= 0}
                 corpus = sorted(set(corpus[: self.limit_corpus]) | judged)
             self._eval_corpus[name] = corpus
         self.bad_items.summary()
@@ -457,8 +488,7 @@ class BeirTextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Training items shuffled by ``(seed, epoch)``; the last partial batch is dropped when there is more than one.
 
-        The order and position resume exactly; the listed negatives drawn per visit do not (their
-        draw counts visits within this process).
+        The order, the position and the listed negatives drawn per epoch resume exactly.
         """
         dataset = TripleDataset(self.train_items, self.num_negatives if self.train_file else 0, self.seed)
         return resumable_train_loader(dataset, self.batch_size, self.seed, self.collator.train, self.num_workers,

@@ -3,6 +3,8 @@ truncated texts), the bad-item policy, tensor padding."""
 
 from __future__ import annotations
 
+from distill.errors import InputError
+
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -19,7 +21,7 @@ BAD_ITEM_POLICIES: tuple[str, ...] = ("error", "skip")
 logger = logging.getLogger("distill.data")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file holds an item that cannot be used (the message names the file, item and field)."""
 
 

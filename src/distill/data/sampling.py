@@ -130,6 +130,9 @@ class ResumableDataLoader(DataLoader):
             sampler.skip(start * int(self.batch_size))  # type: ignore[union-attr]
         self._resume = None
         self._position = {"epoch": epoch, "batches": start}
+        set_dataset_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_dataset_epoch):  # datasets that draw per epoch (listed negatives) draw from the epoch
+            set_dataset_epoch(epoch)
         for batch in super().__iter__():
             self._position = {"epoch": epoch, "batches": self._position["batches"] + 1}
             yield batch
@@ -147,6 +150,7 @@ def resumable_train_loader(dataset: Sized, batch_size: int, seed: int, collate_f
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        # Workers that persist across epochs keep their copy of the dataset: one drawing per epoch needs fresh ones.
+        persistent_workers=num_workers > 0 and not hasattr(dataset, "set_epoch"),
         collate_fn=collate_fn,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import timm
-import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
@@ -138,4 +137,35 @@ def set_gradient_checkpointing(tower: nn.Module, enabled: bool) -> None:
         getattr(inner, "activation_checkpointing_enable", inner.gradient_checkpointing_enable)()
 
 
-__all__ = ["TimmImageTower", "Tower", "TransformersTextTower", "count_parameters", "set_gradient_checkpointing", "torch"]
+def enable_gradient_checkpointing(student: nn.Module) -> list[str]:
+    """Turn on activation checkpointing in the student's towers; returns the names of the parts switched on.
+
+    Towers are ``student.tower_a`` / ``student.tower_b`` (or the student itself, e.g. a CLIP model); each
+    goes through :func:`set_gradient_checkpointing`, which supports timm backbones (``set_grad_checkpointing``)
+    and transformers encoders (``gradient_checkpointing_enable``).
+    """
+    parts = {name: getattr(student, name) for name in ("tower_a", "tower_b") if getattr(student, name, None) is not None}
+    if not parts and hasattr(student, "model"):
+        parts = {"model": student.model}
+    enabled = []
+    for name, part in parts.items():
+        inner = getattr(part, "backbone", None) or getattr(part, "encoder", None)
+        if inner is None and hasattr(part, "gradient_checkpointing_enable"):
+            # transformers >= 5 names it activation_checkpointing_enable (the old name is deprecated)
+            getattr(part, "activation_checkpointing_enable", part.gradient_checkpointing_enable)()
+            enabled.append(name)
+        elif inner is not None and (hasattr(inner, "set_grad_checkpointing")
+                                    or hasattr(inner, "gradient_checkpointing_enable")):
+            set_gradient_checkpointing(part, True)
+            enabled.append(name)
+    if not enabled:
+        raise ValueError(
+            f"model.init_args.gradient_checkpointing: {type(student).__name__} has no tower that supports "
+            "activation checkpointing (timm backbones or transformers encoders under tower_a / tower_b); set it "
+            "to false"
+        )
+    return enabled
+
+
+__all__ = ["TimmImageTower", "Tower", "TransformersTextTower", "count_parameters", "enable_gradient_checkpointing",
+           "set_gradient_checkpointing"]

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from distill.errors import InputError
+from distill.io import load_checkpoint_file, load_weights_into
 
 __all__ = ["STUDENT_PREFIX", "load_student_weights", "read_student_checkpoint"]
 
@@ -25,13 +27,13 @@ EXPORT_WEIGHTS = "model.safetensors"
 def read_student_checkpoint(path: Path, option: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The ``student.*`` tensors of a Lightning checkpoint written by ``DistillationModule`` (prefix
     removed), and the checkpoint's other entries (epoch, hyper-parameters, ...)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    checkpoint = load_checkpoint_file(path, option)
+    state = checkpoint.get("state_dict")
     if not isinstance(state, Mapping):
-        raise ValueError(f"{option} '{path}' is not a Lightning checkpoint: it has no state_dict")
+        raise InputError(f"{option} '{path}' is not a Lightning checkpoint: it has no state_dict")
     weights = {key[len(STUDENT_PREFIX):]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}
     if not weights:
-        raise ValueError(f"{option} '{path}' holds no '{STUDENT_PREFIX}*' weights: was it saved by "
+        raise InputError(f"{option} '{path}' holds no '{STUDENT_PREFIX}*' weights: was it saved by "
                          "DistillationModule?")
     return weights, {key: value for key, value in checkpoint.items() if key != "state_dict"}
 
@@ -46,15 +48,11 @@ def load_student_weights(student: nn.Module, source: str | os.PathLike[str], opt
     if path.is_dir():
         weights_file = path / EXPORT_WEIGHTS
         if not weights_file.is_file():
-            raise FileNotFoundError(f"{option} '{path}' is a folder without {EXPORT_WEIGHTS}: pass a checkpoint "
-                                    "(.ckpt) or a folder written by `python -m distill export`")
-        from safetensors.torch import load_model
-
-        missing, unexpected = load_model(student, str(weights_file), strict=False)
-    elif path.is_file():
-        missing, unexpected = student.load_state_dict(read_student_checkpoint(path, option)[0], strict=False)
+            raise InputError(f"{option} '{path}' is a folder without {EXPORT_WEIGHTS}: pass a checkpoint "
+                             "(.ckpt) or a folder written by `python -m distill export`")
+        missing, unexpected = load_weights_into(student, weights_file, option)
     else:
-        raise FileNotFoundError(f"{option} '{path}' does not exist: pass a checkpoint (.ckpt) or an export folder")
+        missing, unexpected = student.load_state_dict(read_student_checkpoint(path, option)[0], strict=False)
     if missing or unexpected:
-        raise ValueError(f"{option} '{path}' does not fit the recipe's student: missing {list(missing)[:5]}, "
+        raise InputError(f"{option} '{path}' does not fit the recipe's student: missing {list(missing)[:5]}, "
                          f"unexpected {list(unexpected)[:5]}; pass weights of the same student preset")

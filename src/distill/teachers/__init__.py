@@ -1,9 +1,10 @@
 """Teachers: frozen cross-encoders that score (a, b) pairs."""
 
-from distill.teachers.base import Teacher, is_frozen, score_in_chunks, select_rows
+from distill.teachers.base import Teacher, is_frozen
 from distill.teachers.hf_blip import BlipITMTeacher
 from distill.teachers.hf_cross_encoder import TextCrossEncoderTeacher
 from distill.teachers.hf_vilt import ViltRetrievalTeacher
+from distill.teachers.scoring import TEACHER_PRECISIONS, TeacherScorer
 from distill.teachers.shapes import ShapesCrossEncoder
 
 __all__ = [
@@ -13,6 +14,6 @@ __all__ = [
     "TextCrossEncoderTeacher",
     "ViltRetrievalTeacher",
     "is_frozen",
-    "score_in_chunks",
-    "select_rows",
+    "TEACHER_PRECISIONS",
+    "TeacherScorer",
 ]

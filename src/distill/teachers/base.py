@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-Inputs = dict[str, Tensor]
-
-
-def select_rows(inputs: Inputs, index: Tensor) -> Inputs:
-    """Index every tensor of a modality's inputs along the batch dimension."""
-    return {key: value.index_select(0, index) for key, value in inputs.items()}
+from distill.inputs import Inputs, select_rows
 
 
 class Teacher(nn.Module):
@@ -58,14 +52,3 @@ class Teacher(nn.Module):
 def is_frozen(module: nn.Module) -> bool:
     """True when no parameter of ``module`` requires a gradient."""
     return not any(parameter.requires_grad for parameter in module.parameters())
-
-
-@torch.no_grad()
-def score_in_chunks(teacher: Teacher, a: Inputs, b: Inputs, a_index: Tensor, b_index: Tensor,
-                    chunk_size: int = 1024) -> Tensor:
-    """:meth:`Teacher.score_pairs` over many pairs, ``chunk_size`` pairs at a time."""
-    scores = [
-        teacher.score_pairs(a, b, a_index[start:start + chunk_size], b_index[start:start + chunk_size])
-        for start in range(0, a_index.numel(), chunk_size)
-    ]
-    return torch.cat(scores) if scores else a_index.new_zeros(0, dtype=torch.float32)

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.pretrained import load_pretrained
-from distill.teachers.base import Inputs, Teacher
+from distill.inputs import Inputs
+from distill.teachers.base import Teacher
 from distill.teachers.hf_checks import check_image_size, check_token_ids, require_keys, trim_padding
 
-SCORES = ("itm_logit", "itm_prob")
+SCORES = ("blip", "itm_logit", "itm_prob")
 FIX = "set data.init_args.teacher_processor to the teacher's folder so batches carry teacher_a / teacher_b"
 
 
@@ -32,9 +33,11 @@ class BlipITMTeacher(Teacher):
     Args:
         pretrained: a ``save_pretrained`` folder of ``BlipForImageTextRetrieval`` (e.g. a local copy
             of ``Salesforce/blip-itm-base-coco``), a hub id when online.
-        score: ``"itm_logit"``, the ITM log-odds ``logit_match - logit_no_match`` (unbounded, the
-            logit of ``itm_prob``), or ``"itm_prob"``, ``softmax(itm)[match]`` in [0, 1].
-        add_itc: add the ITC cosine similarity to the score, as BLIP's own retrieval evaluation does.
+        score: ``"blip"`` (default), BLIP's own retrieval ranking score: the ITM head's match logit plus the
+            ITC cosine similarity of the pair (``itm_head(...)[:, 1] + image_feat . text_feat``, as in
+            BLIP's ``evaluation`` of retrieval); ``"itm_logit"``, the ITM log-odds
+            ``logit_match - logit_no_match``; or ``"itm_prob"``, ``softmax(itm)[match]`` in [0, 1].
+        add_itc: add the ITC cosine similarity to an ``itm_logit`` / ``itm_prob`` score (``"blip"`` has it).
 
     ``score(a, b) -> [N]``; ``embed_a(a) -> [N, E]`` and ``embed_b(b) -> [N, E]`` are the
     L2-normalised ITC embeddings (``E = image_text_hidden_size``).
@@ -42,7 +45,7 @@ class BlipITMTeacher(Teacher):
 
     has_embeddings = True
 
-    def __init__(self, pretrained: str, score: Literal["itm_logit", "itm_prob"] = "itm_logit",
+    def __init__(self, pretrained: str, score: Literal["blip", "itm_logit", "itm_prob"] = "blip",
                  add_itc: bool = False) -> None:
         super().__init__()
         from transformers import BlipForImageTextRetrieval
@@ -51,7 +54,7 @@ class BlipITMTeacher(Teacher):
             raise ValueError(f"BlipITMTeacher score must be one of {SCORES}, got {score!r}")
         self.pretrained = pretrained
         self.score_kind = score
-        self.add_itc = bool(add_itc)
+        self.add_itc = bool(add_itc) or score == "blip"
         field = "model.init_args.teacher.init_args.pretrained (BlipITMTeacher)"
         self.model = load_pretrained(BlipForImageTextRetrieval, pretrained, field)
         config = self.model.config
@@ -97,6 +100,8 @@ class BlipITMTeacher(Teacher):
         logits = logits.float()
         if self.score_kind == "itm_prob":
             return logits.softmax(-1)[:, 1]
+        if self.score_kind == "blip":
+            return logits[:, 1]
         return logits[:, 1] - logits[:, 0]
 
     @torch.no_grad()

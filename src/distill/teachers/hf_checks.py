@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from distill.teachers.base import Inputs
+from distill.inputs import Inputs
 
 
 def require_keys(teacher: str, side: str, inputs: Inputs, keys: tuple[str, ...], fix: str) -> None:

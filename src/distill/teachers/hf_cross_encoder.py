@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from distill.pretrained import load_pretrained, load_tokenizer
-from distill.teachers.base import Inputs, Teacher
+from distill.inputs import Inputs
+from distill.teachers.base import Teacher
 from distill.teachers.hf_checks import check_token_ids, require_keys
 
 TEXT_KEYS = ("text_ids", "text_mask")

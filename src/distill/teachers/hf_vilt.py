@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from distill.pretrained import load_pretrained
-from distill.teachers.base import Inputs, Teacher
+from distill.inputs import Inputs
+from distill.teachers.base import Teacher
 from distill.teachers.hf_checks import check_token_ids, require_keys, trim_padding
 
 FIX = "set data.init_args.teacher_processor to the teacher's folder so batches carry teacher_a / teacher_b"

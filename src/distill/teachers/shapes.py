@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.io import atomic_write_json, load_weights, read_json, save_weights
-from distill.teachers.base import Inputs, Teacher
+from distill.inputs import Inputs
+from distill.teachers.base import Teacher
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -242,7 +243,7 @@ class ShapesCrossEncoder(Teacher):
         return ShapesCrossEncoderConfig(**raw)
 
     def _load_weights(self, folder: str) -> None:
-        state = load_weights(Path(folder) / WEIGHTS_NAME)
+        state = load_weights(Path(folder) / WEIGHTS_NAME, "teacher weights")
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

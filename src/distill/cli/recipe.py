@@ -1,0 +1,187 @@
+"""The one recipe loader: parse a recipe (or a run's saved ``config.yaml``) for every subcommand.
+
+:class:`DistillCLI` is LightningCLI with ``class_path`` as the registry and one-line recipe errors; it
+runs ``fit`` / ``validate`` / ``test`` / ``predict`` and builds the model and data for ``cache-teacher``
+and ``mine``. :func:`read_recipe` parses without building anything (export, model cards);
+:func:`load_datamodule` builds only the data module of a recipe or of a data YAML (index, mine).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from distill.errors import RecipeError, one_line, root_cause
+from distill.instantiate import instantiate
+from distill.serving.card import RecipeSpec
+from distill.training.checkpoint import check_ckpt_path
+
+RUN_CONFIG_NAME = "config.yaml"
+
+__all__ = ["DistillCLI", "RUN_CONFIG_NAME", "find_run_config", "load_datamodule", "read_recipe", "recipe_key"]
+
+
+class DistillCLI(LightningCLI):
+    """LightningCLI with the model and data given by ``class_path`` and one-line recipe errors."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: object) -> None:
+        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "default_env": False})
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Arguments given in Python replace the process's own (LightningCLI would warn about both).
+        argv, sys.argv = sys.argv, sys.argv[:1] if args is not None else sys.argv
+        try:
+            super().__init__(
+                L.LightningModule,
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                run=run,
+                auto_configure_optimizers=False,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        finally:
+            sys.argv = argv
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path for its hyperparameters before anything is built: check it first.
+        if self.config.get("subcommand"):
+            check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError) as error:
+            message = one_line(root_cause(error))
+            config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+            key = recipe_key(config, message)
+            raise RecipeError(f"{key}: {message}" if key else message) from error
+
+
+def _leaves(value: object, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value for every leaf of a (nested) jsonargparse namespace or dict."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()  # type: ignore[union-attr]
+    if not isinstance(value, dict):
+        return {prefix: value} if prefix else {}
+    leaves: dict[str, object] = {}
+    for name, inner in value.items():
+        leaves.update(_leaves(inner, f"{prefix}.{name}" if prefix else str(name)))
+    return leaves
+
+
+def recipe_key(config: object, message: str) -> str | None:
+    """The one recipe key an argument error is about, e.g. ``model.init_args.losses.kl.init_args.temperature``.
+
+    A constructor only knows its own parameter name (``temperature must be > 0, got 0.0``); the key is
+    the single leaf whose name the message mentions and whose value is the ``got`` value. ``None``
+    when the message names a key already, or no single key matches.
+    """
+    got = re.search(r"got (-?[\w.+-]+)", message)
+    if config is None or got is None or re.match(r"^[\w.]+\.[\w.]+[:\s]", message):
+        return None
+    candidates = []
+    for key, value in _leaves(config).items():
+        name = key.rsplit(".", 1)[-1]
+        if not (re.search(rf"\b{re.escape(name)}\b", message) or name.replace("_", " ") in message):
+            continue
+        try:
+            if float(value) != float(got.group(1)):  # type: ignore[arg-type]
+                continue
+        except (TypeError, ValueError):
+            if str(value) != got.group(1):
+                continue
+        candidates.append(key)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def read_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RecipeSpec:
+    """Parse a recipe or a run's saved ``config.yaml`` without building any model or data module.
+
+    ``overrides`` are LightningCLI-style ``--key value`` arguments applied after the file.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"recipe '{source}' does not exist: pass --config <the recipe used for training>")
+
+    class _ParseOnly(DistillCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            super().add_arguments_to_parser(parser)
+            # Keys LightningCLI writes into a run's config.yaml that the run=False parser lacks.
+            for key in ("--ckpt_path", "--weights_only"):
+                try:
+                    parser.add_argument(key, type=str | bool | None, default=None)
+                except Exception:  # already defined by a future DistillCLI
+                    pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    try:
+        cli = _ParseOnly(args=["--config", str(source), *overrides, "--seed_everything", "false"], run=False)
+    except RecipeError:
+        raise
+    except Exception as error:  # jsonargparse raises several types; report them in one line
+        raise RecipeError(f"could not parse recipe '{source}': {one_line(error)}") from error
+    config = cli.config
+    model_args = _as_dict(config["model"]).get("init_args", {})
+    if "student" not in model_args:
+        raise RecipeError(f"recipe '{source}' has no model.init_args.student: export needs a distillation recipe")
+    losses = {name: _as_dict(loss) for name, loss in (model_args.get("losses") or {}).items()}
+    return RecipeSpec(
+        student=_as_dict(model_args["student"]),
+        teacher=_as_dict(model_args["teacher"]) if model_args.get("teacher") else None,
+        losses=losses,
+        loss_weights={name: float(w) for name, w in (model_args.get("loss_weights") or {}).items()},
+        data=_as_dict(config["data"]) if config.get("data") else None,
+        source=source,
+        student_init=str(model_args["student_init"]) if model_args.get("student_init") else None,
+    )
+
+
+def _as_dict(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, Mapping):
+        return {key: _as_dict(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_dict(item) for item in value]
+    return value
+
+
+def find_run_config(ckpt_path: str | os.PathLike[str], levels: int = 3) -> Path:
+    """The ``config.yaml`` LightningCLI saved in the log folder holding ``ckpt_path`` (searching up)."""
+    folder = Path(ckpt_path).resolve().parent
+    for candidate in [folder, *folder.parents][: levels + 1]:
+        if (candidate / RUN_CONFIG_NAME).is_file():
+            return candidate / RUN_CONFIG_NAME
+    raise RecipeError(
+        f"no {RUN_CONFIG_NAME} found next to or above '{ckpt_path}': pass --config <the recipe used for training>"
+    )
+
+
+def load_datamodule(path: str | os.PathLike[str]) -> Any:
+    """A data module from a recipe (its ``data`` entry) or from a ``class_path`` data yaml."""
+    import yaml
+
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"data file '{source}' does not exist: pass a recipe or a data yaml")
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"'{source}' is not valid YAML: {one_line(error)}") from None
+    if isinstance(raw, dict) and "class_path" in raw:
+        return instantiate(raw, L.LightningDataModule)
+    recipe = read_recipe(source)
+    if recipe.data is None:
+        raise RecipeError(f"recipe '{source}' has no `data` entry")
+    return instantiate(recipe.data, L.LightningDataModule)

@@ -1,0 +1,198 @@
+"""Student-only export: safetensors weights, a rebuildable config, the tokenizer, ONNX towers, a card.
+
+:func:`export_student` writes into ``out_dir``:
+
+* ``model.safetensors``: the student's state dict (never the teacher's);
+* ``student_config.json``: the student's ``class_path``/``init_args`` plus the input spec of each
+  tower, so :func:`~distill.serving.loading.load_student` rebuilds it without the recipe;
+* the tokenizer files (``save_pretrained`` of the data module's tokenizer), when there is one;
+* ``tower_a.onnx`` / ``tower_b.onnx``: one graph per tower (dynamic batch; dynamic sequence for text);
+* ``README.md``: a model card (teacher, losses and weights, data, measured test results, how to load it).
+
+The folder is built in a temporary sibling and put in place in one step (:func:`distill.io.atomic_folder`):
+a failed export leaves an earlier export of the same folder untouched, and a second export into the same
+folder at the same time is refused. ``python -m distill export --ckpt ...`` (:mod:`distill.cli.export`)
+rebuilds the student from a run's checkpoint and recipe and calls this.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+from distill.io import atomic_folder, atomic_write_bytes, atomic_write_json
+from distill.serving.card import RecipeSpec, model_card, teacher_description
+from distill.serving.loading import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, ONNX_NAMES, WEIGHTS_NAME
+from distill.serving.onnx import DEFAULT_OPSET, export_onnx, sample_inputs
+from distill.serving.student_spec import embedding_kind, self_contained_spec, text_vocab_size, tower_modality
+
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_MAX_LENGTH = 32
+
+__all__ = ["ExportResult", "TrainingRecord", "export_student", "safe_join"]
+
+
+def safe_join(out_dir: str | os.PathLike[str], name: str) -> Path:
+    """``out_dir / name``, refusing names that resolve outside ``out_dir`` (``..``, absolute, links)."""
+    root = Path(out_dir).resolve()
+    if not name or Path(name).is_absolute():
+        raise ValueError(f"refusing to write '{name}': export file names must be relative to '{root}'")
+    target = (root / name).resolve()
+    if root not in target.parents:
+        raise ValueError(f"refusing to write '{name}': it resolves to '{target}', outside the export folder '{root}'")
+    return target
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: list[str]
+    metrics: dict[str, float]
+
+
+@dataclass
+class TrainingRecord:
+    """What the card says of the run: its recipe, test metrics, and the checkpoint's epoch and step."""
+
+    recipe: RecipeSpec | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    training: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def _serving_mode(student: nn.Module, top_k: Mapping[str, int | None]) -> Iterator[None]:
+    """Eval mode and the requested pruning for the duration of the export; restored afterwards."""
+    was_training = student.training
+    previous = {name: getattr(student, name, None) for name, k in top_k.items() if k is not None}
+    for name, k in top_k.items():
+        if k is not None:
+            if not hasattr(student, name):
+                raise ValueError(f"--{name.replace('_', '-')} applies to sparse students; {type(student).__name__} "
+                                 f"has no {name}")
+            setattr(student, name, int(k))
+    student.eval()
+    try:
+        yield
+    finally:
+        student.train(was_training)
+        for name, value in previous.items():
+            setattr(student, name, value)
+
+
+def _module_record(module: nn.Module | None, record: TrainingRecord, spec: dict[str, Any]) -> dict[str, str] | None:
+    """The loss classes of a training module (and its test results into ``record`` when it has none)."""
+    if module is None or not hasattr(module, "losses"):
+        return None
+    if not record.metrics:
+        results = getattr(module, "test_results", None) or {}
+        record.metrics = {f"test/{key}" if group == "student" else f"test/{group}/{key}": float(value)
+                          for group, values in results.items() for key, value in values.items()}
+    if record.recipe is None:
+        record.recipe = RecipeSpec(student=spec, loss_weights=dict(getattr(module, "loss_weights", {})))
+    return {name: f"{type(loss).__module__}.{type(loss).__qualname__}" for name, loss in module.losses.items()}
+
+
+def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_spec: Mapping[str, Any] | None = None,
+                   datamodule: Any = None, record: TrainingRecord | None = None, onnx: bool = True,
+                   opset: int = DEFAULT_OPSET, image_size: int | None = None, top_k_a: int | None = None,
+                   top_k_b: int | None = None) -> ExportResult:
+    """Write the student (never the teacher) into ``out_dir``; see the module docstring for the files.
+
+    ``source`` is a :class:`~distill.training.DistillationModule` (its ``student``, losses and test results
+    are used) or a bare student. The student's spec is ``student_spec``, else ``record.recipe.student``.
+    ``top_k_a/b`` set a sparse student's pruning in the exported config and graphs (the passed-in student
+    is left unchanged).
+    """
+    inner = getattr(source, "student", None)
+    module = source if isinstance(inner, nn.Module) else None
+    student = inner if module is not None else source
+    record = record or TrainingRecord()
+    spec = dict(student_spec) if student_spec is not None else (record.recipe.student if record.recipe else None)
+    if spec is None:
+        raise ValueError("export_student needs the student's class_path/init_args: pass student_spec= or a record "
+                         "with the recipe")
+    spec = self_contained_spec(spec, student)
+    top_k = {"top_k_a": top_k_a, "top_k_b": top_k_b}
+    spec["init_args"].update({name: int(k) for name, k in top_k.items() if k is not None})
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    losses = _module_record(module, record, spec)
+    teacher = teacher_description(record.recipe.teacher if record.recipe else None, getattr(module, "teacher", None))
+    with _serving_mode(student, top_k), atomic_folder(out_dir, "export folder") as scratch:
+        student_config = _student_config(student, spec, datamodule, tokenizer, image_size)
+        files = _write_files(scratch, student, student_config, tokenizer, onnx, opset)
+        card = model_card(student_config, record.recipe, teacher, record.metrics, losses, record.training)
+        atomic_write_bytes(safe_join(scratch, CARD_NAME), card.encode())
+        files.append(CARD_NAME)
+    return ExportResult(Path(out_dir), sorted(files), dict(record.metrics))
+
+
+def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, tokenizer: Any,
+                    image_size: int | None) -> dict[str, Any]:
+    from distill.data.batch import PIXEL_MEAN, PIXEL_STD
+
+    towers: dict[str, dict[str, Any]] = {}
+    for side in ("a", "b"):
+        modality = tower_modality(student, side)
+        if modality == "image":
+            size = (image_size or getattr(student, "image_size", None) or getattr(datamodule, "image_size", None)
+                    or DEFAULT_IMAGE_SIZE)
+            towers[side] = {"modality": "image", "inputs": ["pixel_values"], "image_size": int(size),
+                            "pixel_mean": _floats(getattr(datamodule, "pixel_mean", PIXEL_MEAN)),
+                            "pixel_std": _floats(getattr(datamodule, "pixel_std", PIXEL_STD))}
+        else:
+            vocab = text_vocab_size(student, side)
+            if tokenizer is not None:
+                vocab = min(vocab, len(tokenizer))
+            max_length = getattr(datamodule, "max_length", None) or DEFAULT_MAX_LENGTH
+            towers[side] = {"modality": "text", "inputs": ["input_ids", "attention_mask"],
+                            "max_length": int(max_length), "vocab_size": vocab}
+        towers[side]["onnx"] = ONNX_NAMES[side]
+    with torch.no_grad():
+        dim = int(student.encode_b(sample_inputs(towers["b"], batch=2)).shape[-1])
+    return {"format_version": FORMAT_VERSION, "student": spec, "towers": towers,
+            "embedding": {"kind": embedding_kind(student), "dim": dim}, "tokenizer": tokenizer is not None}
+
+
+def _floats(value: Any) -> float | list[float]:
+    """A scalar or per-channel normalisation constant as JSON numbers."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return [float(item) for item in value]
+
+
+def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], tokenizer: Any, onnx: bool,
+                 opset: int) -> list[str]:
+    save_model(student, str(safe_join(out, WEIGHTS_NAME)))  # drops tied aliases (e.g. an MLM decoder's)
+    atomic_write_json(safe_join(out, CONFIG_NAME), student_config)
+    files = [WEIGHTS_NAME, CONFIG_NAME]
+    if tokenizer is not None:
+        files += _save_tokenizer(tokenizer, out)
+    if onnx:
+        for side, spec in student_config["towers"].items():
+            export_onnx(student, side, spec, safe_join(out, spec["onnx"]), opset)
+            files.append(spec["onnx"])
+    return files
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> list[str]:
+    """``save_pretrained`` into a scratch folder, then move each file into ``out``."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer.") as scratch:
+        tokenizer.save_pretrained(scratch)
+        names = []
+        for path in sorted(Path(scratch).rglob("*")):
+            if path.is_file():
+                name = str(path.relative_to(scratch))
+                target = safe_join(out, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                names.append(name)
+    return names

@@ -1,0 +1,68 @@
+"""One ONNX graph per student tower, traced from ``student.encode_a`` / ``encode_b``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.io import atomic_path
+
+DEFAULT_OPSET = 17
+
+__all__ = ["DEFAULT_OPSET", "export_onnx", "sample_inputs"]
+
+
+class _ImageTower(nn.Module):
+    def __init__(self, student: nn.Module, side: str) -> None:
+        super().__init__()
+        self.student, self.side = student, side
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return getattr(self.student, f"encode_{self.side}")({"pixel_values": pixel_values})
+
+
+class _TextTower(nn.Module):
+    def __init__(self, student: nn.Module, side: str) -> None:
+        super().__init__()
+        self.student, self.side = student, side
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return getattr(self.student, f"encode_{self.side}")({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def sample_inputs(spec: Mapping[str, Any], batch: int = 2) -> dict[str, Tensor]:
+    """Example inputs of a tower spec (as written in ``student_config.json``), for tracing and tests."""
+    generator = torch.Generator().manual_seed(0)
+    if spec["modality"] == "image":
+        size = int(spec["image_size"])
+        return {"pixel_values": torch.randn(batch, 3, size, size, generator=generator)}
+    length = min(8, int(spec["max_length"]))
+    ids = torch.randint(0, int(spec["vocab_size"]), (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[-1, length // 2:] = 0  # a padded row, so the traced graph keeps the attention mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def export_onnx(student: nn.Module, side: str, spec: Mapping[str, Any], path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Trace ``student.encode_<side>`` into an ONNX graph at ``path`` (atomically).
+
+    Inputs: ``pixel_values [batch, 3, H, W]`` or ``input_ids, attention_mask [batch, sequence]``;
+    output ``embedding [batch, D]``. Uses the TorchScript exporter (``dynamo=False``).
+    """
+    image = spec["modality"] == "image"
+    wrapper = (_ImageTower if image else _TextTower)(student, side).eval()
+    example = sample_inputs(spec, batch=2)
+    names = list(example)
+    axes = {name: {0: "batch"} if image else {0: "batch", 1: "sequence"} for name in names}
+    axes["embedding"] = {0: "batch"}
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, tuple(example[name] for name in names), str(tmp), input_names=names,
+            output_names=["embedding"], dynamic_axes=axes, opset_version=opset, dynamo=False,
+        )

@@ -1,0 +1,34 @@
+"""Training-time guards, as Lightning callbacks (``configs/trainer/default.yaml`` wires them into every recipe).
+
+* :class:`CompatibilityCheck`: before any step, the data's token ids must fit the student's and the
+  teacher's vocabularies (a student and teacher with different tokenizers); warns once when
+  ``num_hard_negatives`` exceeds the candidates a batch has.
+* :class:`NonFiniteGuard`: a NaN or inf loss (or gradient) either stops training with the step, the
+  batch's ids and the last good checkpoint (``mode="stop"``), or makes that optimizer step a no-op
+  and counts it (``mode="skip"``).
+* :class:`SparseCollapseGuard`: a sparse student whose vectors on one side have had no non-zero weight
+  for a few steps (every score tied, no gradient left) stops with what to do instead of training on.
+* :class:`InterruptCheckpoint`: SIGTERM / SIGINT during ``fit`` save ``last.ckpt`` at the end of the
+  current batch, then exit with status 128 + signal; ``fit --ckpt_path last`` resumes.
+* :class:`RandomStateCheckpoint`: every checkpoint carries the random generators' states, so a resumed
+  run draws the same dropout masks as an uninterrupted one.
+"""
+
+from distill.training.callbacks.compatibility import CompatibilityCheck, IncompatibleModelsError, embedding_vocab_size
+from distill.training.callbacks.interrupt import InterruptCheckpoint, TrainingInterrupted
+from distill.training.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
+from distill.training.callbacks.random_state import RandomStateCheckpoint
+from distill.training.callbacks.sparse import SparseCollapseError, SparseCollapseGuard
+
+__all__ = [
+    "CompatibilityCheck",
+    "IncompatibleModelsError",
+    "InterruptCheckpoint",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "RandomStateCheckpoint",
+    "SparseCollapseError",
+    "SparseCollapseGuard",
+    "TrainingInterrupted",
+    "embedding_vocab_size",
+]

@@ -1,0 +1,93 @@
+"""``distill index`` / ``distill search`` on tiny exports, and the benchmark's quick mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from distill.errors import InputError
+from distill.serving import export_student
+from distill.cli.index import main as index_main
+from distill.cli.search import main as search_main
+from tests.helpers import DENSE_SPEC, REPO_ROOT, SPARSE_SPEC, TINY_DATA, build
+
+
+@pytest.fixture
+def data_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "data.yaml"
+    path.write_text(yaml.safe_dump({"class_path": "distill.data.ShapesDataModule", "init_args": TINY_DATA}))
+    return path
+
+
+@pytest.mark.parametrize("spec", [DENSE_SPEC, SPARSE_SPEC], ids=["dense", "sparse"])
+def test_index_then_search_by_image_with_rerank(tmp_path: Path, tiny_datamodule, tiny_teacher_dir: Path,
+                                                data_yaml: Path, spec: dict, capsys) -> None:
+    export_student(build(spec), tmp_path / "student", student_spec=spec, datamodule=tiny_datamodule, onnx=False)
+    index_main(["--student", str(tmp_path / "student"), "--data", str(data_yaml), "--out", str(tmp_path / "index"),
+                "--chunk-size", "5", "--no-progress"])
+    kind = "sparse" if spec is SPARSE_SPEC else "dense"
+    assert f"indexed 24 items ({kind}" in capsys.readouterr().out  # 8 test images x 3 captions
+
+    item = tiny_datamodule.corpus.split("test")[0]
+    Image.fromarray(tiny_datamodule.corpus.render(item)).save(tmp_path / "query.png")
+    search_main(["--index", str(tmp_path / "index"), "--image", str(tmp_path / "query.png"), "-k", "4",
+                 "--rerank-with", str(tiny_teacher_dir)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["rank", "id", "a_id", "score", "teacher", "text"] and len(lines) == 5
+    teacher_scores = [float(line.split()[4]) for line in lines[1:]]
+    assert teacher_scores == sorted(teacher_scores, reverse=True)
+
+    search_main(["--index", str(tmp_path / "index"), "--query", item.captions[0], "-k", "3"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["rank", "id", "a_id", "score", "text"] and len(lines) == 4
+    with pytest.raises(InputError, match="search with --image"):
+        search_main(["--index", str(tmp_path / "index"), "--query", "a red circle", "--rerank-with",
+                     str(tiny_teacher_dir)])
+
+
+def test_index_errors_name_the_problem(tmp_path: Path, data_yaml: Path) -> None:
+    with pytest.raises(InputError, match="not a student export"):
+        index_main(["--student", str(tmp_path), "--data", str(data_yaml), "--out", str(tmp_path / "index")])
+    with pytest.raises(InputError, match="not an index"):
+        search_main(["--index", str(tmp_path), "--query", "a red circle"])
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_writes_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime", reason="the benchmark times the ONNX query encoders")
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(variable, "1")  # the script sets these on import; keep the test process unchanged
+    spec = importlib.util.spec_from_file_location("retrieval_benchmark", REPO_ROOT / "benchmarks" / "retrieval.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--out", str(tmp_path / "bench.md")])
+    text = (tmp_path / "bench.md").read_text()
+    assert "| " + " | ".join(module.COLUMNS) + " |" in text
+    for method in ("teacher (exhaustive, extrapolated)", "dense exact fp32", "sparse inverted index"):
+        assert f"| {method} |" in text
+    assert "Command: `python benchmarks/retrieval.py --quick`" in text
+
+
+def test_sparse_serving_benchmark_index_recall_equals_exact_scoring(tmp_path: Path, tiny_datamodule,
+                                                                    data_yaml: Path) -> None:
+    export_student(build(SPARSE_SPEC), tmp_path / "student", student_spec=SPARSE_SPEC, datamodule=tiny_datamodule,
+                   onnx=False)
+    spec = importlib.util.spec_from_file_location("sparse_serving", REPO_ROOT / "benchmarks" / "sparse_serving.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = dict(module.main(["--student", str(tmp_path / "student"), "--data", str(data_yaml), "--top-k", "4",
+                             "--out", str(tmp_path / "bench.md")]))
+    exact, exact_index = rows["exact dot products (training's evaluation)"], rows["index, float32 postings"]
+    for key in module.COLUMNS[:7]:  # recall both ways and RSUM
+        assert exact_index[key] == pytest.approx(exact[key], abs=1e-3), key
+    assert exact_index["nnz/caption"] == pytest.approx(exact["nnz/caption"])
+    pruned = rows["index, uint8, top-4 per indexed item"]
+    assert pruned["nnz/caption"] <= 4 and pruned["nnz/image"] <= 4
+    assert pruned["bytes/caption"] < rows["index, uint8 impacts"]["bytes/caption"] < exact_index["bytes/caption"]
+    assert "## Sparse student served from the inverted index" in (tmp_path / "bench.md").read_text()

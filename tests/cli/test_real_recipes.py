@@ -1,0 +1,136 @@
+"""Each real-model recipe runs one fast_dev_run step through the CLI, pointed at tiny local models and data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill.cli import main
+from tests.helpers import REPO_ROOT
+
+COMMON = ["--trainer.fast_dev_run=true", "--trainer.logger=false", "--data.init_args.num_workers=0",
+          "--data.init_args.batch_size=4"]
+
+
+def _run(recipe: str, tmp_path: Path, *overrides: str) -> None:
+    main(["fit", "--config", str(REPO_ROOT / "configs" / recipe), f"--trainer.default_root_dir={tmp_path}",
+          *COMMON, *overrides])
+
+
+def tiny_overrides(recipe: str, tiny_models, image_text_data, beir_dir: Path) -> list[str]:
+    """What points a real recipe at tiny local models and data."""
+    if recipe.startswith("coco"):
+        return [f"--model.init_args.student.init_args.pretrained={tiny_models.clip}",
+                f"--model.init_args.teacher.init_args.pretrained={tiny_models.blip}",
+                "--model.init_args.num_hard_negatives=3", "--model.init_args.evaluator.init_args.two_stage_k=4",
+                f"--data.init_args.annotations={image_text_data['karpathy']}",
+                f"--data.init_args.image_root={image_text_data['image_root']}",
+                f"--data.init_args.student_processor={tiny_models.clip}",
+                f"--data.init_args.teacher_processor={tiny_models.blip}"]
+    if recipe.startswith("flickr"):
+        return ["--model.init_args.student.init_args.tower_a.init_args.model_name=resnet10t",
+                "--model.init_args.student.init_args.tower_a.init_args.pretrained=false",
+                f"--model.init_args.student.init_args.tower_b.init_args.pretrained={tiny_models.bert}",
+                "--model.init_args.student.init_args.embed_dim=16",
+                f"--model.init_args.teacher.init_args.pretrained={tiny_models.vilt}",
+                "--model.init_args.num_hard_negatives=3",
+                f"--data.init_args.annotations={image_text_data['karpathy']}",
+                f"--data.init_args.image_root={image_text_data['image_root']}",
+                f"--data.init_args.student_tokenizer={tiny_models.bert}",
+                f"--data.init_args.teacher_processor={tiny_models.vilt}",
+                "--data.init_args.image_size=32"]
+    return [f"--model.init_args.teacher.init_args.pretrained={tiny_models.cross_encoder}",
+            "--model.init_args.num_hard_negatives=2", f"--data.init_args.data_dir={beir_dir}",
+            f"--data.init_args.teacher_tokenizer={tiny_models.cross_encoder}",
+            "--data.init_args.passage_max_length=32", "--data.init_args.eval_batch_size=4",
+            "--trainer.val_check_interval=1.0"]
+
+
+REAL_RECIPES = ["coco/blip-itm-to-clip-cprd.yaml", "flickr/vilt-to-timm-bert-dcd.yaml",
+                "msmarco/cross-encoder-to-minilm-margin-mse.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda r: r.split("/")[0])
+def test_sigterm_and_resume_end_where_an_uninterrupted_run_ends(recipe: str, tmp_path: Path, tiny_models,
+                                                                image_text_data, beir_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every real recipe composes the guards: SIGTERM saves last.ckpt, and `--ckpt_path last` resumes to the
+    weights of a run that was never interrupted."""
+    import signal
+
+    import torch
+
+    from distill.cli.recipe import DistillCLI
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(REPO_ROOT / "configs" / recipe), *tiny_overrides(recipe, tiny_models,
+            image_text_data, beir_dir), "--trainer.max_steps=4", "--trainer.max_epochs=-1", "--trainer.logger=false",
+            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+    reference = DistillCLI(args=[*args, f"--trainer.default_root_dir={tmp_path / 'reference'}"])
+    send = '{"class_path": "tests.helpers.SendSignal", "init_args": {"at_batch": 2, "signum": "SIGTERM"}}'
+    with pytest.raises(SystemExit) as stopped:
+        DistillCLI(args=[*args, f"--trainer.default_root_dir={tmp_path / 'run'}", f"--trainer.callbacks+={send}"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    resumed = DistillCLI(args=[*args, f"--trainer.default_root_dir={tmp_path / 'run'}", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == reference.trainer.global_step == 4
+    expected, got = reference.model.student.state_dict(), resumed.model.student.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_coco_blip_itm_to_clip_cprd(tmp_path: Path, tiny_models, image_text_data,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _run("coco/blip-itm-to-clip-cprd.yaml", tmp_path,
+         f"--model.init_args.student.init_args.pretrained={tiny_models.clip}",
+         f"--model.init_args.teacher.init_args.pretrained={tiny_models.blip}",
+         "--model.init_args.num_hard_negatives=3",
+         f"--data.init_args.annotations={image_text_data['karpathy']}",
+         f"--data.init_args.image_root={image_text_data['image_root']}",
+         f"--data.init_args.student_processor={tiny_models.clip}",
+         f"--data.init_args.teacher_processor={tiny_models.blip}")
+
+
+def test_flickr_vilt_to_timm_bert_dcd(tmp_path: Path, tiny_models, image_text_data,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _run("flickr/vilt-to-timm-bert-dcd.yaml", tmp_path,
+         "--model.init_args.student.init_args.tower_a.init_args.model_name=resnet10t",
+         "--model.init_args.student.init_args.tower_a.init_args.pretrained=false",
+         f"--model.init_args.student.init_args.tower_b.init_args.pretrained={tiny_models.bert}",
+         "--model.init_args.student.init_args.embed_dim=16",
+         f"--model.init_args.teacher.init_args.pretrained={tiny_models.vilt}",
+         "--model.init_args.num_hard_negatives=3",
+         f"--data.init_args.annotations={image_text_data['karpathy']}",
+         f"--data.init_args.image_root={image_text_data['image_root']}",
+         f"--data.init_args.student_tokenizer={tiny_models.bert}",
+         f"--data.init_args.teacher_processor={tiny_models.vilt}",
+         "--data.init_args.image_size=32")
+
+
+def test_msmarco_cross_encoder_to_minilm_margin_mse(tmp_path: Path, tiny_models, beir_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The student stays the real packaged all-MiniLM-L6-v2 of the preset.
+    _run("msmarco/cross-encoder-to-minilm-margin-mse.yaml", tmp_path,
+         f"--model.init_args.teacher.init_args.pretrained={tiny_models.cross_encoder}",
+         "--model.init_args.num_hard_negatives=2",
+         f"--data.init_args.data_dir={beir_dir}",
+         f"--data.init_args.teacher_tokenizer={tiny_models.cross_encoder}",
+         "--data.init_args.passage_max_length=32", "--data.init_args.eval_batch_size=4",
+         "--trainer.val_check_interval=1.0")
+
+
+def test_recipe_with_missing_weights_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        _run("coco/blip-itm-to-clip-cprd.yaml", tmp_path,
+             f"--model.init_args.student.init_args.pretrained={tmp_path / 'no-clip'}")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "model.init_args.student.init_args.pretrained (CLIPDualEncoder)='" in error
+    assert "no-clip': no such folder" in error

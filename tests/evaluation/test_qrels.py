@@ -1,0 +1,57 @@
+"""Qrels metrics equal pytrec_eval (trec_eval) on random runs with graded judgments and ties; every judged
+query counts, including those with no relevant or no retrievable passage."""
+
+from __future__ import annotations
+
+import pytest
+import pytrec_eval
+import torch
+
+from distill.evaluation import qrels_metrics, top_k
+
+
+def _docno(passage: int) -> str:
+    return f"d{passage:05d}"  # zero-padded: string order is id order, so trec_eval breaks ties as top_k does
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mrr_ndcg_recall_equal_pytrec_eval(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    num_queries, num_passages = 30, 200
+    queries = torch.randint(-2, 3, (num_queries, 6), generator=generator).float()
+    corpus = torch.randint(-2, 3, (num_passages, 6), generator=generator).float()  # small integers: ties
+    passage_ids = torch.arange(num_passages)
+    relevance: dict[int, dict[int, float]] = {}
+    for query in range(num_queries):
+        judged = torch.randperm(num_passages, generator=generator)[: int(torch.randint(1, 8, (1,), generator=generator))]
+        relevance[query] = {int(p): float(torch.randint(0, 4, (1,), generator=generator)) for p in judged}
+    relevance[0] = {p: 0.0 for p in relevance[0]}           # judged, nothing relevant: counts as 0
+    relevance[1] = {10_000: 2.0, 10_001: 1.0}                 # relevant passages absent from the corpus
+    ranking = top_k(queries, corpus, 100, passage_ids, query_chunk=7, key_chunk=33)
+    ours = qrels_metrics(ranking.index, torch.arange(num_queries), relevance, passage_ids)
+
+    qrels = {f"q{q}": {_docno(p): int(g) for p, g in judged.items()} for q, judged in relevance.items()}
+    scores = queries @ corpus.T
+    run = {f"q{q}": {_docno(p): float(scores[q, p]) for p in range(num_passages)} for q in range(num_queries)}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], [-ord(c) for c in kv[0]]))[:10])
+             for q, docs in run.items()}
+    mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    assert ours["queries"] == num_queries == len(full)
+    assert ours["ndcg@10"] == pytest.approx(100 * sum(v["ndcg_cut_10"] for v in full.values()) / num_queries, abs=1e-6)
+    assert ours["recall@100"] == pytest.approx(100 * sum(v["recall_100"] for v in full.values()) / num_queries, abs=1e-6)
+    assert ours["mrr@10"] == pytest.approx(100 * sum(v["recip_rank"] for v in mrr.values()) / num_queries, abs=1e-6)
+    assert ours["zero_relevant_queries"] >= 1 and ours["unretrievable_queries"] == 1
+
+
+def test_a_query_without_relevant_passages_scores_zero_and_is_counted() -> None:
+    ranked = torch.tensor([[5, 6, 7], [7, 6, 5]])
+    relevance = {0: {5: 1.0}, 1: {5: 0.0, 6: 0.0}}
+    metrics = qrels_metrics(ranked, torch.tensor([0, 1]), relevance, torch.tensor([5, 6, 7]), 3, 3, 3)
+    assert metrics["mrr@3"] == pytest.approx(50.0)  # query 0: 1.0, query 1: 0 (not skipped)
+    assert metrics["queries"] == 2 and metrics["zero_relevant_queries"] == 1
+
+
+def test_a_judged_query_that_was_not_encoded_is_an_error() -> None:
+    with pytest.raises(ValueError, match="judged queries .* were not encoded"):
+        qrels_metrics(torch.tensor([[1]]), torch.tensor([0]), {0: {1: 1.0}, 9: {1: 1.0}})
