@@ -622,3 +622,34 @@ def text_ddp_worker(rank: int, world: int, port: int, out_dir: str, data_dir: st
             torch.save({"loss": loss.detach(), "grads": student_gradients(module)}, Path(out_dir) / "rank0.pt")
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- smoke runs
+def fit_and_check(args: list[str]) -> Any:
+    """Run ``fit`` through the recipe loader and check what a smoke run must show: every loss term logged and
+    finite, the trainable weights changed, the teacher (if any) unchanged, validation in range when it ran."""
+    import math
+
+    from distill.cli.recipe import DistillCLI
+
+    cli = DistillCLI(args=["--config", *args[args.index("--config") + 1:]] if args[0] == "--config" else
+                     [arg for arg in args if arg != "fit"], run=False)
+    model = cli.model
+    trained = model.student if hasattr(model, "student") else model.teacher
+    before = {k: v.detach().clone() for k, v in trained.state_dict().items() if v.dtype.is_floating_point}
+    teacher = getattr(model, "teacher", None) if hasattr(model, "student") else None
+    frozen = {k: v.detach().clone() for k, v in teacher.state_dict().items()} if teacher is not None else {}
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    metrics = cli.trainer.callback_metrics
+    assert math.isfinite(float(metrics["train/loss"])), metrics
+    for name in getattr(model, "losses", {}):
+        assert math.isfinite(float(metrics[f"train/loss/{name}"])), name
+    after = trained.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no trainable weight changed"
+    if teacher is not None:
+        # unchanged (cast once to its own precision, e.g. bf16, but never trained)
+        assert all(torch.equal(frozen[k].to(v.dtype), v) for k, v in teacher.state_dict().items()), "teacher changed"
+    for key in ("val/rsum", "val/ndcg@10"):
+        if key in metrics:
+            assert 0.0 <= float(metrics[key]) <= (600.0 if key == "val/rsum" else 100.0), (key, metrics[key])
+    return cli

@@ -29,7 +29,7 @@ from distill.losses import CPRD, DCD, InfoNCE, LogitKL, MarginMSE
 from distill.teachers import ShapesCrossEncoder
 from distill.training import DistillationModule
 from distill.training.candidates import CachedCandidates, resolve_cached_candidates
-from tests.helpers import DATA, REPO_ROOT, TINY_TEACHER, FirstCaptionShapes, all_losses, make_student, tiny_shapes
+from tests.helpers import DATA, REPO_ROOT, TINY_TEACHER, fit_and_check, FirstCaptionShapes, all_losses, make_student, tiny_shapes
 
 RECIPE = REPO_ROOT / "configs" / "demo" / "shapes-cprd.yaml"
 CACHED_RECIPE = REPO_ROOT / "configs" / "demo" / "cached-shapes-cprd.yaml"
@@ -196,9 +196,13 @@ def test_cached_recipe_trains_through_the_cli(tmp_path: Path, teacher_dir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     data_args = [arg.replace("--data.init_args.", "--data.init_args.data.init_args.") for arg in DATA_ARGS]
-    cli_main(["fit", "--config", str(CACHED_RECIPE), f"--model.init_args.candidates.init_args.path={built_cache}",
-              "--model.init_args.num_hard_negatives=4", f"--model.init_args.teacher.init_args.weights={teacher_dir}",
-              *data_args, *STUDENT_ARGS, "--trainer.fast_dev_run=true", "--trainer.logger=false"])
+    cli = fit_and_check(["--config", str(CACHED_RECIPE), f"--model.init_args.candidates.init_args.path={built_cache}",
+                         "--model.init_args.num_hard_negatives=4",
+                         f"--model.init_args.teacher.init_args.weights={teacher_dir}", *data_args, *STUDENT_ARGS,
+                         "--trainer.fast_dev_run=true", "--trainer.logger=false"])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["train/teacher_pairs"]) == 0.0  # the teacher was never called in training
+    assert float(metrics["train/cached_negatives_a2b"]) > 0.0
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, fit_and_check
 
 TINY_DATA_ARGS = [
     "--data.init_args.num_train=48", "--data.init_args.num_val=8", "--data.init_args.num_test=8",
@@ -24,7 +24,7 @@ STUDENT_ARGS = [
 
 def _recipe_args(recipe: str, tmp_path: Path, teacher_dir: Path) -> list[str]:
     text = (REPO_ROOT / "configs" / "demo" / recipe).read_text()
-    args = ["fit", "--config", str(REPO_ROOT / "configs" / "demo" / recipe), "--trainer.fast_dev_run=true",
+    args = ["--config", str(REPO_ROOT / "configs" / "demo" / recipe), "--trainer.fast_dev_run=true",
             f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", *TINY_DATA_ARGS,
             "--data.init_args.image_size=32"]
     if "CrossEncoderPretraining" in text:
@@ -41,7 +41,8 @@ def _recipe_args(recipe: str, tmp_path: Path, teacher_dir: Path) -> list[str]:
 def test_demo_recipe_fast_dev_run(recipe: str, tmp_path: Path, tiny_teacher_dir: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    main(_recipe_args(recipe, tmp_path, tiny_teacher_dir))
+    cli = fit_and_check(_recipe_args(recipe, tmp_path, tiny_teacher_dir))
+    assert "val/rsum" in cli.trainer.callback_metrics  # fast_dev_run validates one batch
 
 
 def test_print_config_resolves_presets(capsys: pytest.CaptureFixture[str]) -> None:

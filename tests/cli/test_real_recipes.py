@@ -7,15 +7,17 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, fit_and_check
 
 COMMON = ["--trainer.fast_dev_run=true", "--trainer.logger=false", "--data.init_args.num_workers=0",
           "--data.init_args.batch_size=4"]
 
 
 def _run(recipe: str, tmp_path: Path, *overrides: str) -> None:
-    main(["fit", "--config", str(REPO_ROOT / "configs" / recipe), f"--trainer.default_root_dir={tmp_path}",
-          *COMMON, *overrides])
+    """fast_dev_run of a real recipe: the losses are finite, the student trains, validation is in range."""
+    cli = fit_and_check(["--config", str(REPO_ROOT / "configs" / recipe), f"--trainer.default_root_dir={tmp_path}",
+                         *COMMON, *overrides])
+    assert "val/score" in cli.trainer.callback_metrics
 
 
 def tiny_overrides(recipe: str, tiny_models, image_text_data, beir_dir: Path) -> list[str]:
@@ -128,8 +130,8 @@ def test_recipe_with_missing_weights_fails_in_one_line(tmp_path: Path, capsys: p
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        _run("coco/blip-itm-to-clip-cprd.yaml", tmp_path,
-             f"--model.init_args.student.init_args.pretrained={tmp_path / 'no-clip'}")
+        main(["fit", "--config", str(REPO_ROOT / "configs/coco/blip-itm-to-clip-cprd.yaml"), *COMMON,
+              f"--model.init_args.student.init_args.pretrained={tmp_path / 'no-clip'}"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "model.init_args.student.init_args.pretrained (CLIPDualEncoder)='" in error

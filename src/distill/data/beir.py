@@ -28,225 +28,44 @@ Batches (``a`` = queries, ``b`` = passages; ids are row numbers in queries.jsonl
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import random
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from distill.data.beir_batches import BeirItemStore, RowDataset, TextCollator, TrainItem, TripleDataset
+from distill.data.beir_files import jsonl_records, read_qrels, read_texts
 from distill.data.common import (
     BadItemPolicy,
     BadItems,
     DataError,
     DataFileNotFound,
     TruncationLog,
+    logger,
     model_max_length,
-    read_utf8,
-    tokenize,
-    utf8_lines,
 )
-from distill.data.common import logger
 from distill.data.sampling import resumable_train_loader
 from distill.pretrained import load_tokenizer
 
 OWNER = "BeirTextDataModule"
 Relevance = dict[int, dict[int, float]]
 
-
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path.name}: line {number} is not valid JSON: {error}") from error
-        if not isinstance(record, dict):
-            raise DataError(f"{path.name}: line {number} is not a JSON object")
-        yield number, record
+__all__ = ["BeirItemStore", "BeirTextDataModule", "read_qrels", "read_texts"]
 
 
-def read_texts(path: Path, use_title: bool = False) -> tuple[list[str], list[str], dict[str, int]]:
-    """``corpus.jsonl`` / ``queries.jsonl`` -> (ids, texts, id -> row). Titles are prepended when asked."""
-    if not path.is_file():
-        raise DataFileNotFound(f"'{path}' not found: data.init_args.data_dir must hold corpus.jsonl, queries.jsonl "
-                                "and qrels/<split>.tsv (the BEIR layout)")
-    ids: list[str] = []
-    texts: list[str] = []
-    rows: dict[str, int] = {}
-    for number, record in _jsonl(path):
-        if "_id" not in record or "text" not in record:
-            raise DataError(f"{path.name}: line {number} needs '_id' and 'text' fields")
-        key = str(record["_id"])
-        if key in rows:
-            raise DataError(f"{path.name}: line {number} repeats _id '{key}'")
-        text = str(record["text"] or "").strip()
-        title = str(record.get("title") or "").strip()
-        if use_title and title:
-            text = f"{title} {text}".strip()
-        rows[key] = len(ids)
-        ids.append(key)
-        texts.append(text)
-    return ids, texts, rows
+class _LazyQrels:
+    """The train qrels, read on first use (a train file whose rows all list their positives needs none)."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._qrels: dict[str, dict[str, float]] | None = None
 
-def read_qrels(path: Path) -> dict[str, dict[str, float]]:
-    """``qrels/<split>.tsv`` (header line, then query-id, corpus-id, score) -> ``{query: {passage: score}}``."""
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
-        raise DataFileNotFound(f"qrels file '{path}' not found (splits with qrels: {available}): set "
-                                "data.init_args.val_split / test_split / train_split to one of them")
-    qrels: dict[str, dict[str, float]] = {}
-    with io.StringIO(read_utf8(path), newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        for number, row in enumerate(reader, start=1):
-            if number == 1 or not row:
-                continue
-            if len(row) < 3:
-                raise DataError(f"{path.name}: line {number} needs query-id, corpus-id and score, got {row}")
-            try:
-                score = float(row[2])
-            except ValueError as error:
-                raise DataError(f"{path.name}: line {number} has a non-numeric score {row[2]!r}") from error
-            qrels.setdefault(row[0], {})[row[1]] = score
-    return qrels
-
-
-@dataclass(frozen=True)
-class TrainItem:
-    """A training query with one positive passage and its listed negatives (corpus rows)."""
-
-    query: int
-    positive: int
-    negatives: tuple[int, ...]
-    scores: tuple[float, ...] | None  # teacher scores of (positive, *negatives) when the row has them
-
-
-class TripleDataset(Dataset):
-    """Training items; each epoch draws ``num_negatives`` of an item's negatives (with replacement if short),
-    from ``(seed, item, epoch)`` alone: the resumable loader tells the dataset the epoch (``set_epoch``)."""
-
-    def __init__(self, items: list[TrainItem], num_negatives: int, seed: int) -> None:
-        self.items = items
-        self.num_negatives = num_negatives
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.items[index]
-        visit = self.epoch
-        out: dict[str, Any] = {"query": item.query, "positive": item.positive}
-        if self.num_negatives:
-            rng = random.Random(self.seed * 1_000_003 + index * 7919 + visit)
-            pool = list(range(len(item.negatives)))
-            picks = (rng.sample(pool, self.num_negatives) if len(pool) >= self.num_negatives
-                     else [rng.choice(pool) for _ in range(self.num_negatives)])
-            out["negatives"] = [item.negatives[p] for p in picks]
-            if item.scores is not None:
-                out["scores"] = [item.scores[0]] + [item.scores[1 + p] for p in picks]
-        elif item.scores is not None:
-            out["scores"] = [item.scores[0]]
-        return out
-
-
-class RowDataset(Dataset):
-    """Rows of the query or corpus table, for evaluation loaders."""
-
-    def __init__(self, rows: list[int]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> int:
-        return self.rows[index]
-
-
-class TextCollator:
-    """Tokenises queries / passages for the student and, when given, each text alone for the teacher."""
-
-    def __init__(self, queries: list[str], corpus: list[str], student_tokenizer: Any, query_max_length: int,
-                 passage_max_length: int, teacher_tokenizer: Any | None, teacher_max_length: int,
-                 truncation: dict[str, TruncationLog] | None = None) -> None:
-        self.queries = queries
-        self.corpus = corpus
-        self.student_tokenizer = student_tokenizer
-        self.query_max_length = query_max_length
-        self.passage_max_length = passage_max_length
-        self.teacher_tokenizer = teacher_tokenizer
-        self.teacher_max_length = teacher_max_length
-        self.truncation = truncation or {}
-
-    def _student(self, texts: list[str], side: str) -> dict[str, torch.Tensor]:
-        """Student tokens of queries (``side="query"``) or passages (``"passage"``)."""
-        max_length = self.query_max_length if side == "query" else self.passage_max_length
-        return tokenize(self.student_tokenizer, texts, max_length, truncation_log=self.truncation.get(side))
-
-    def _teacher(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return tokenize(self.teacher_tokenizer, texts, self.teacher_max_length, special_tokens=False,
-                        names=("text_ids", "text_mask"), truncation_log=self.truncation.get("teacher"))
-
-    def train(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        queries = [self.queries[item["query"]] for item in items]
-        passages = [self.corpus[item["positive"]] for item in items]
-        batch: dict[str, Any] = {
-            "a": self._student(queries, "query"),
-            "b": self._student(passages, "passage"),
-            "a_id": torch.tensor([item["query"] for item in items], dtype=torch.long),
-            "b_id": torch.tensor([item["positive"] for item in items], dtype=torch.long),
-        }
-        negatives = [n for item in items for n in item.get("negatives", [])]
-        if negatives:
-            texts = [self.corpus[n] for n in negatives]
-            batch["b_neg"] = self._student(texts, "passage")
-            batch["b_neg_id"] = torch.tensor(negatives, dtype=torch.long).view(len(items), -1)
-        if self.teacher_tokenizer is not None:
-            batch["teacher_a"] = self._teacher(queries)
-            batch["teacher_b"] = self._teacher(passages)
-            if negatives:
-                batch["teacher_b_neg"] = self._teacher([self.corpus[n] for n in negatives])
-        if all("scores" in item for item in items):
-            batch["teacher_scores"] = torch.tensor([item["scores"] for item in items], dtype=torch.float32)
-        return batch
-
-    def teacher_view(self, texts: list[str], side: str) -> dict[str, torch.Tensor]:
-        """Texts tokenised for the teacher (alone, no special tokens), or for the student without a teacher tokenizer."""
-        return self._teacher(texts) if self.teacher_tokenizer is not None else self._student(texts, side)
-
-    def queries_batch(self, rows: list[int]) -> dict[str, Any]:
-        return {"a": self._student([self.queries[r] for r in rows], "query"),
-                "a_id": torch.tensor(rows, dtype=torch.long)}
-
-    def corpus_batch(self, rows: list[int]) -> dict[str, Any]:
-        return {"b": self._student([self.corpus[r] for r in rows], "passage"),
-                "b_id": torch.tensor(rows, dtype=torch.long)}
-
-
-class BeirItemStore:
-    """An :class:`~distill.data.items.ItemStore` over a BEIR folder's queries (a) and passages (b), by row."""
-
-    def __init__(self, collator: TextCollator) -> None:
-        self.collator = collator
-
-    def load_a(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.collator.teacher_view([self.collator.queries[int(i)] for i in ids.tolist()], "query")
-
-    def load_b(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.collator.teacher_view([self.collator.corpus[int(i)] for i in ids.tolist()], "passage")
+    def get(self) -> dict[str, dict[str, float]]:
+        if self._qrels is None:
+            self._qrels = read_qrels(self.path) if self.path.is_file() else {}
+        return self._qrels
 
 
 class BeirTextDataModule(L.LightningDataModule):
@@ -355,67 +174,72 @@ class BeirTextDataModule(L.LightningDataModule):
         return out
 
     def _read_train(self, query_rows: dict[str, int], corpus_rows: dict[str, int]) -> list[TrainItem]:
-        qrels: dict[str, dict[str, float]] | None = None
         qrels_path = self.data_dir / "qrels" / f"{self.train_split}.tsv"
-
-        def train_qrels() -> dict[str, dict[str, float]]:
-            nonlocal qrels
-            if qrels is None:
-                qrels = read_qrels(qrels_path) if qrels_path.is_file() else {}
-            return qrels
-
-        items: list[TrainItem] = []
+        qrels = _LazyQrels(qrels_path)
         if self.train_file is None:
             if not qrels_path.is_file():
                 raise DataFileNotFound(f"{OWNER}: no training data: set data.init_args.train_file (JSONL triples) "
-                                        f"or provide '{qrels_path}'")
-            for query, judged in train_qrels().items():
-                where = f"qrels/{self.train_split}.tsv"
-                row = self._query_row(query, query_rows, where)
-                if row is None:
-                    continue
-                positives = self._passages([p for p, s in judged.items() if s > 0], corpus_rows, where, "corpus-id")
-                for positive in positives or []:
-                    items.append(TrainItem(row, positive, (), None))
-            return items
+                                       f"or provide '{qrels_path}'")
+            return self._items_from_qrels(qrels.get(), query_rows, corpus_rows)
         path = Path(self.train_file)
         path = path if path.is_absolute() else self.data_dir / path
         if not path.is_file():
             raise DataFileNotFound(f"data.init_args.train_file: '{path}' not found")
+        items: list[TrainItem] = []
         with_scores = 0
-        for number, record in _jsonl(path):
-            where = f"{path.name}: line {number}"
-            if "query_id" not in record:
-                raise DataError(f"{where} has no 'query_id' (expected query_id, positive_ids, negative_ids)")
-            query = str(record["query_id"])
+        for number, record in jsonl_records(path):
+            row_items = self._items_from_row(f"{path.name}: line {number}", record, qrels, query_rows, corpus_rows)
+            with_scores += bool(row_items) and record.get("teacher_scores") is not None
+            items += row_items
+        self.has_teacher_scores = bool(items) and with_scores > 0
+        return items
+
+    def _items_from_qrels(self, qrels: dict[str, dict[str, float]], query_rows: dict[str, int],
+                          corpus_rows: dict[str, int]) -> list[TrainItem]:
+        """One item per (query, relevant passage) of the train qrels."""
+        items = []
+        where = f"qrels/{self.train_split}.tsv"
+        for query, judged in qrels.items():
             row = self._query_row(query, query_rows, where)
             if row is None:
                 continue
-            positive_keys = list(record.get("positive_ids") or [])
-            if not positive_keys:
-                judged = train_qrels().get(query)
-                if not judged or not any(s > 0 for s in judged.values()):
-                    self.bad_items.report("missing_qrels", f"{where}: query '{query}' has no positive_ids and no "
-                                          f"relevant passage in '{qrels_path}'")
-                    continue
-                positive_keys = [p for p, s in judged.items() if s > 0]
-            positives = self._passages(positive_keys, corpus_rows, where, "positive_ids entry")
-            negative_keys = list(record.get("negative_ids") or [])
-            negatives = self._passages(negative_keys, corpus_rows, where, "negative_ids entry")
-            if positives is None or negatives is None:
-                continue
-            if self.num_negatives and not negatives:
-                self.bad_items.report("no_negatives", f"{where}: query '{query}' has no negative_ids but "
-                                      f"num_negatives={self.num_negatives}")
-                continue
-            scores_map = record.get("teacher_scores")
-            with_scores += scores_map is not None
-            for key, positive in zip(positive_keys, positives):
-                scores = None
-                if scores_map is not None:
-                    scores = tuple(float(scores_map.get(str(k), math.nan)) for k in [key, *negative_keys])
-                items.append(TrainItem(row, positive, tuple(negatives), scores))
-        self.has_teacher_scores = bool(items) and with_scores > 0
+            positives = self._passages([p for p, s in judged.items() if s > 0], corpus_rows, where, "corpus-id")
+            items += [TrainItem(row, positive, (), None) for positive in positives or []]
+        return items
+
+    def _items_from_row(self, where: str, record: dict[str, Any], qrels: "_LazyQrels", query_rows: dict[str, int],
+                        corpus_rows: dict[str, int]) -> list[TrainItem]:
+        """The items of one train_file row: one per positive, each with the row's negatives (and scores)."""
+        if "query_id" not in record:
+            raise DataError(f"{where} has no 'query_id' (expected query_id, positive_ids, negative_ids)")
+        query = str(record["query_id"])
+        row = self._query_row(query, query_rows, where)
+        if row is None:
+            return []
+        positive_keys = list(record.get("positive_ids") or [])
+        if not positive_keys:
+            judged = qrels.get().get(query)
+            if not judged or not any(s > 0 for s in judged.values()):
+                self.bad_items.report("missing_qrels", f"{where}: query '{query}' has no positive_ids and no "
+                                      f"relevant passage in '{qrels.path}'")
+                return []
+            positive_keys = [p for p, s in judged.items() if s > 0]
+        positives = self._passages(positive_keys, corpus_rows, where, "positive_ids entry")
+        negative_keys = list(record.get("negative_ids") or [])
+        negatives = self._passages(negative_keys, corpus_rows, where, "negative_ids entry")
+        if positives is None or negatives is None:
+            return []
+        if self.num_negatives and not negatives:
+            self.bad_items.report("no_negatives", f"{where}: query '{query}' has no negative_ids but "
+                                  f"num_negatives={self.num_negatives}")
+            return []
+        scores_map = record.get("teacher_scores")
+        items = []
+        for key, positive in zip(positive_keys, positives):
+            scores = None
+            if scores_map is not None:
+                scores = tuple(float(scores_map.get(str(k), math.nan)) for k in [key, *negative_keys])
+            items.append(TrainItem(row, positive, tuple(negatives), scores))
         return items
 
     def _read_eval(self, split: str, query_rows: dict[str, int], corpus_rows: dict[str, int]) -> Relevance:

@@ -18,17 +18,12 @@ differs, for the teacher: batches then carry ``teacher_a`` / ``teacher_b`` (see
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader
 
 from distill.data.common import (
     BadItemPolicy,
@@ -37,67 +32,23 @@ from distill.data.common import (
     DataFileNotFound,
     TruncationLog,
     model_max_length,
-    read_utf8,
     same_tokenizer,
-    stack_images,
-    tokenize,
-    utf8_lines,
 )
+from distill.data.paired_files import read_jsonl, read_karpathy
 from distill.data.sampling import resumable_train_loader
 from distill.pretrained import load_processor_parts
 
-UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
-    UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+from distill.data.paired_items import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    UNREADABLE_IMAGE_ERRORS,
+    ImageTransform,
+    PairedCollator,
+    PairedImageTextDataset,
+    PairRecord,
 )
-"""What Pillow raises for a missing, truncated, corrupt, non-image or oversized file."""
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 OWNER = "PairedImageTextDataModule"
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """One (image, caption) pair; ``where`` locates it in the annotation file for messages."""
-
-    image: Path
-    caption: str
-    a_id: int
-    b_id: int
-    where: str
-
-
-class ImageTransform:
-    """Resize the shorter side to ``size`` (bicubic), centre-crop ``size`` x ``size``, scale to [0, 1],
-    normalise with ``mean`` / ``std``. ``PIL RGB image -> float [3, size, size]``."""
-
-    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        if size <= 0:
-            raise ValueError(f"{OWNER}: image_size must be > 0, got {size}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"{OWNER}: image_mean / image_std need 3 values each (std > 0), got {mean} / {std}")
-        self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        width, height = image.size
-        scale = self.size / min(width, height)
-        resized = image.resize((max(self.size, round(width * scale)), max(self.size, round(height * scale))),
-                               Image.Resampling.BICUBIC)
-        left = (resized.width - self.size) // 2
-        top = (resized.height - self.size) // 2
-        cropped = resized.crop((left, top, left + self.size, top + self.size))
-        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        return (pixels - self.mean) / self.std
-
-
-def _hf_image(processor: Any, image: Image.Image) -> dict[str, Tensor]:
-    """Run a Hugging Face image processor on one image: ``{"pixel_values": [3, H, W], "pixel_mask"?: [H, W]}``."""
-    features = processor(images=image, return_tensors="pt")
-    out = {"pixel_values": features["pixel_values"][0].float()}
-    if "pixel_mask" in features:
-        out["pixel_mask"] = features["pixel_mask"][0].long()
-    return out
 
 
 def _same_image_processor(first: Any, second: Any) -> bool:
@@ -107,201 +58,38 @@ def _same_image_processor(first: Any, second: Any) -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------------- reading
-def _duplicates(bad_items: BadItems | None) -> BadItems:
-    return bad_items if bad_items is not None else BadItems("error", OWNER)
-
-
-def read_karpathy(path: Path, image_root: Path, bad_items: BadItems | None = None,
-                  ) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
-    """Karpathy JSON -> ``{split: [(image path, captions, image id, caption ids, where)]}``.
-
-    A repeated ``imgid`` (two images sharing one id would make each other's captions positives) or
-    ``sentid`` is reported through ``bad_items`` (default: raise); under ``skip`` the later image or
-    caption is dropped.
-    """
-    bad_items = _duplicates(bad_items)
-    try:
-        data = json.loads(read_utf8(path))
-    except json.JSONDecodeError as error:
-        raise DataError(f"'{path}' is not valid JSON: {error}") from error
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, list):
-        raise DataError(f"'{path}' has no 'images' list: expected the Karpathy-split JSON (dataset_coco.json)")
-    splits: dict[str, list[tuple[Path, list[str], int, list[int], str]]] = {}
-    next_caption = 0
-    image_owner: dict[int, str] = {}
-    caption_owner: dict[int, str] = {}
-    for index, entry in enumerate(images):
-        where = f"{path.name}: images[{index}]"
-        if not isinstance(entry, dict):
-            raise DataError(f"{where} is not an object: expected {{filename, sentences, split, imgid}}")
-        for key, hint in (("filename", "the image file name"), ("sentences", "the captions"),
-                          ("split", "train, restval, val or test; the Karpathy-split JSON has one per image")):
-            if key not in entry:
-                raise DataError(f"{where} has no '{key}' field ({hint})")
-        folder = image_root / entry["filepath"] if entry.get("filepath") else image_root
-        image_id = int(entry.get("imgid", index))
-        if image_id in image_owner:
-            bad_items.report("duplicate_id", f"{where} repeats imgid {image_id} of {image_owner[image_id]}: each "
-                             "image needs its own imgid, or the two images' captions count as positives of each other")
-            next_caption += len(entry["sentences"])
-            continue
-        image_owner[image_id] = where
-        captions, caption_ids = [], []
-        for position, sentence in enumerate(entry["sentences"]):
-            raw = sentence.get("raw", sentence.get("caption")) if isinstance(sentence, dict) else sentence
-            sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
-            caption_id = int(sentid) if sentid is not None else next_caption + position
-            if caption_id in caption_owner:
-                bad_items.report("duplicate_id", f"{where} sentences[{position}] repeats sentid {caption_id} of "
-                                 f"{caption_owner[caption_id]}: each caption needs its own sentid")
-                continue
-            caption_owner[caption_id] = f"{where} sentences[{position}]"
-            captions.append("" if raw is None else str(raw))
-            caption_ids.append(caption_id)
-        next_caption += len(entry["sentences"])
-        splits.setdefault(str(entry["split"]), []).append(
-            (folder / entry["filename"], captions, image_id, caption_ids, f"{where} '{entry['filename']}'")
-        )
-    return splits
-
-
-def read_jsonl(path: Path, image_root: Path, bad_items: BadItems | None = None,
-               ) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
-    """JSONL of ``{image, caption, image_id?, split?}`` -> the same layout as :func:`read_karpathy`.
-
-    An ``image_id`` given to two different image files, or one image file listed under two
-    ``image_id`` values, is reported through ``bad_items`` (default: raise); under ``skip`` the
-    later line is dropped.
-    """
-    bad_items = _duplicates(bad_items)
-    grouped: dict[tuple[str, Any], tuple[Path, list[str], int, list[int], str]] = {}
-    image_ids: dict[Any, int] = {}
-    id_owner: dict[str, tuple[str, int]] = {}  # image_id key -> (image path, first line)
-    path_owner: dict[str, tuple[str, int]] = {}  # image path -> (image_id key, first line)
-    for number, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path.name}: line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where} is not valid JSON: {error}") from error
-        if not isinstance(row, dict):
-            raise DataError(f"{where} is not an object (expected {{image, caption, image_id}})")
-        for key in ("image", "caption"):
-            if key not in row:
-                raise DataError(f"{where} has no '{key}' field (expected {{image, caption, image_id}})")
-        key_id = json.dumps(row.get("image_id", row["image"]), sort_keys=True)
-        image = str(row["image"])
-        owner_path, owner_line = id_owner.setdefault(key_id, (image, number))
-        if owner_path != image:
-            bad_items.report("duplicate_id", f"{where}: image_id {key_id} names '{image}', but line {owner_line} gave "
-                             f"it to '{owner_path}': give each image file its own image_id")
-            continue
-        owner_id, owner_line = path_owner.setdefault(image, (key_id, number))
-        if owner_id != key_id:
-            bad_items.report("duplicate_id", f"{where}: image '{image}' has image_id {key_id}, but line {owner_line} "
-                             f"listed it as image_id {owner_id}: use one image_id per image file")
-            continue
-        image_id = image_ids.setdefault(key_id, len(image_ids))
-        split = str(row.get("split", "train"))
-        entry = grouped.setdefault(
-            (split, image_id), (image_root / image, [], image_id, [], f"{where} '{image}'")
-        )
-        entry[1].append("" if row["caption"] is None else str(row["caption"]))
-        entry[3].append(number)
-    splits: dict[str, list[tuple[Path, list[str], int, list[int], str]]] = {}
-    for (split, _), entry in grouped.items():
-        splits.setdefault(split, []).append(entry)
-    return splits
-
-
-# ---------------------------------------------------------------------------------------------- dataset
-class PairedImageTextDataset(Dataset):
-    """Caption-level items: decode the image once, return student (and teacher) pixels and the caption.
-
-    ``__getitem__`` returns ``None`` for an unreadable image under ``on_bad_item: skip`` (the
-    collate function drops it).
-    """
-
-    def __init__(self, records: list[PairRecord], student_image: Any, teacher_image: Any | None,
-                 bad_items: BadItems) -> None:
-        self.records = records
-        self.student_image = student_image
-        self.teacher_image = teacher_image
-        self.bad_items = bad_items
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def decode(self, record: PairRecord) -> Image.Image | None:
-        try:
-            with Image.open(record.image) as handle:
-                return handle.convert("RGB")
-        except FileNotFoundError:
-            self.bad_items.report("missing_image", f"image file '{record.image}' not found ({record.where})")
-        except UNREADABLE_IMAGE_ERRORS as error:
-            self.bad_items.report("unreadable_image", f"cannot decode image file '{record.image}' ({record.where}): "
-                                  f"{error or type(error).__name__}; replace or remove the file")
-        return None
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        record = self.records[index]
-        image = self.decode(record)
-        if image is None:
-            return None
-        item: dict[str, Any] = {"caption": record.caption, "a_id": record.a_id, "b_id": record.b_id}
-        if isinstance(self.student_image, ImageTransform):
-            item["pixels"] = {"pixel_values": self.student_image(image)}
-        else:
-            item["pixels"] = _hf_image(self.student_image, image)
-        if self.teacher_image is not None:
-            item["teacher_pixels"] = _hf_image(self.teacher_image, image)
-        return item
-
-
-class PairedCollator:
-    """Builds a :class:`distill.data.batch.PairBatch` (plus ``teacher_a`` / ``teacher_b``) from items."""
-
-    def __init__(self, student_tokenizer: Any, student_max_length: int, teacher_tokenizer: Any | None = None,
-                 teacher_max_length: int | None = None, teacher_image_canvas: int | None = None,
-                 student_truncation: TruncationLog | None = None,
-                 teacher_truncation: TruncationLog | None = None) -> None:
-        self.student_tokenizer = student_tokenizer
-        self.teacher_image_canvas = teacher_image_canvas
-        self.student_max_length = student_max_length
-        self.teacher_tokenizer = teacher_tokenizer
-        self.teacher_max_length = teacher_max_length
-        self.student_truncation = student_truncation
-        self.teacher_truncation = teacher_truncation
-
-    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
-        kept = [item for item in items if item is not None]
-        if not kept:
-            raise DataError(f"{OWNER}: every item of a batch was skipped (unreadable images); check image_root")
-        captions = [item["caption"] for item in kept]
-        student = [item["pixels"] for item in kept]
-        batch: dict[str, Any] = {
-            "a": {"pixel_values": stack_images([p["pixel_values"] for p in student])["pixel_values"]},
-            "b": tokenize(self.student_tokenizer, captions, self.student_max_length,
-                          truncation_log=self.student_truncation),
-            "a_id": torch.tensor([item["a_id"] for item in kept], dtype=torch.long),
-            "b_id": torch.tensor([item["b_id"] for item in kept], dtype=torch.long),
-        }
-        if "teacher_pixels" in kept[0]:
-            views = [item["teacher_pixels"] for item in kept]
-            masks = [v["pixel_mask"] for v in views] if "pixel_mask" in views[0] else None
-            batch["teacher_a"] = stack_images([v["pixel_values"] for v in views], masks, self.teacher_image_canvas)
-        if self.teacher_tokenizer is not None:
-            assert self.teacher_max_length is not None
-            batch["teacher_b"] = tokenize(self.teacher_tokenizer, captions, self.teacher_max_length,
-                                          truncation_log=self.teacher_truncation)
-        return batch
-
-
 # ---------------------------------------------------------------------------------------------- module
+def _student_parts(processor: str | None, tokenizer_name: str | None, image_size: int,
+                   mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Any, Any]:
+    """The student's image preprocessing (its processor's, else resize/crop/normalise) and tokenizer."""
+    image_processor, tokenizer = (None, None)
+    if processor is not None:
+        image_processor, tokenizer = load_processor_parts(processor, "data.init_args.student_processor")
+    if tokenizer_name is not None:
+        _, tokenizer = load_processor_parts(tokenizer_name, "data.init_args.student_tokenizer")
+    if tokenizer is None:
+        raise DataError(
+            f"{OWNER} needs the student's tokenizer: set data.init_args.student_tokenizer (a folder with "
+            "tokenizer.json) or data.init_args.student_processor"
+        )
+    return image_processor or ImageTransform(image_size, tuple(mean), tuple(std)), tokenizer
+
+
+def _teacher_parts(processor: str | None, tokenizer_name: str | None, student_image: Any,
+                   student_tokenizer: Any) -> tuple[Any, Any]:
+    """The teacher's image processor and tokenizer, each ``None`` when it preprocesses like the student."""
+    image, tokenizer = (None, None)
+    if processor is not None:
+        image, tokenizer = load_processor_parts(processor, "data.init_args.teacher_processor")
+    if tokenizer_name is not None:
+        _, tokenizer = load_processor_parts(tokenizer_name, "data.init_args.teacher_tokenizer")
+    if image is not None and _same_image_processor(image, student_image):
+        image = None
+    if tokenizer is not None and same_tokenizer(tokenizer, student_tokenizer):
+        tokenizer = None
+    return image, tokenizer
+
+
 class PairedImageTextDataModule(L.LightningDataModule):
     """Image-text retrieval data from a Karpathy-split JSON or a JSONL file and an image folder.
 
@@ -378,33 +166,13 @@ class PairedImageTextDataModule(L.LightningDataModule):
         self.limit_per_split = limit_per_split
         self.bad_items = BadItems(on_bad_item, OWNER)
 
-        image_processor, tokenizer = (None, None)
-        if student_processor is not None:
-            image_processor, tokenizer = load_processor_parts(student_processor, "data.init_args.student_processor")
-        if student_tokenizer is not None:
-            _, tokenizer = load_processor_parts(student_tokenizer, "data.init_args.student_tokenizer")
-        if tokenizer is None:
-            raise ValueError(
-                f"{OWNER} needs the student's tokenizer: set data.init_args.student_tokenizer (a folder with "
-                "tokenizer.json) or data.init_args.student_processor"
-            )
-        self.student_image: Any = image_processor or ImageTransform(image_size, tuple(image_mean), tuple(image_std))
-        self.student_tokenizer = tokenizer
-        self.max_length = model_max_length(tokenizer, max_length)
-
-        teacher_image = teacher_tok = None
-        if teacher_processor is not None:
-            teacher_image, teacher_tok = load_processor_parts(teacher_processor, "data.init_args.teacher_processor")
-        if teacher_tokenizer is not None:
-            _, teacher_tok = load_processor_parts(teacher_tokenizer, "data.init_args.teacher_tokenizer")
-        if teacher_image is not None and _same_image_processor(teacher_image, self.student_image):
-            teacher_image = None
-        if teacher_tok is not None and same_tokenizer(teacher_tok, self.student_tokenizer):
-            teacher_tok = None
-        self.teacher_image = teacher_image
-        self.teacher_tokenizer = teacher_tok
-        self.teacher_max_length = (model_max_length(teacher_tok, teacher_max_length or max_length)
-                                   if teacher_tok is not None else None)
+        self.student_image, self.student_tokenizer = _student_parts(student_processor, student_tokenizer,
+                                                                    image_size, image_mean, image_std)
+        self.max_length = model_max_length(self.student_tokenizer, max_length)
+        self.teacher_image, self.teacher_tokenizer = _teacher_parts(teacher_processor, teacher_tokenizer,
+                                                                    self.student_image, self.student_tokenizer)
+        self.teacher_max_length = (model_max_length(self.teacher_tokenizer, teacher_max_length or max_length)
+                                   if self.teacher_tokenizer is not None else None)
         self.datasets: dict[str, PairedImageTextDataset] = {}
         self._kind = format
         self.student_truncation = TruncationLog(OWNER, "captions", "data.init_args.max_length")

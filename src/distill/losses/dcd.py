@@ -87,6 +87,24 @@ def dcd_sample_weights(teacher: Tensor, valid: Tensor, teacher_temperature: floa
     return torch.where(mean_h > _EPS, h / mean_h.clamp(min=_EPS), torch.ones_like(h))
 
 
+def _checked_inputs(student: Tensor, teacher: Tensor, valid: Tensor, student_temperature: float,
+                    teacher_temperature: float, hard_weight: float, soft: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate :func:`dcd_loss`'s arguments; ``(student float, teacher detached in its dtype, valid bool)``."""
+    require_positive("student_temperature", student_temperature)
+    require_positive("teacher_temperature", teacher_temperature)
+    require_non_negative("hard_weight", hard_weight)
+    require_choice("soft", soft, DCD_SOFT)
+    check_shapes({"student": (student, ("N", "C")), "teacher": (teacher, ("N", "C")), "valid": (valid, ("N", "C"))})
+    if student.shape[1] < 1:
+        raise ValueError("student must have at least one candidate column (the positive)")
+    valid = valid.bool()
+    student = as_float(student)
+    teacher = teacher.detach().to(student.dtype)
+    check_finite("student", student.masked_fill(~valid, 0.0))
+    check_finite("teacher", teacher.masked_fill(~valid, 0.0))
+    return student, teacher, valid
+
+
 def dcd_loss(
     student: Tensor,
     teacher: Tensor,
@@ -116,25 +134,8 @@ def dcd_loss(
     teacher's soft distribution, while confident ones lean on the hard label. No ``T^2``
     factor is applied.
     """
-    require_positive("student_temperature", student_temperature)
-    require_positive("teacher_temperature", teacher_temperature)
-    require_non_negative("hard_weight", hard_weight)
-    require_choice("soft", soft, DCD_SOFT)
-    check_shapes(
-        {
-            "student": (student, ("N", "C")),
-            "teacher": (teacher, ("N", "C")),
-            "valid": (valid, ("N", "C")),
-        }
-    )
-    if student.shape[1] < 1:
-        raise ValueError("student must have at least one candidate column (the positive)")
-    valid = valid.bool()
-    student = as_float(student)
-    teacher = teacher.detach().to(student.dtype)
-    check_finite("student", student.masked_fill(~valid, 0.0))
-    check_finite("teacher", teacher.masked_fill(~valid, 0.0))
-
+    student, teacher, valid = _checked_inputs(student, teacher, valid, student_temperature, teacher_temperature,
+                                              hard_weight, soft)
     logp = masked_log_softmax(student / student_temperature, valid)
     logq = masked_log_softmax(teacher / teacher_temperature, valid)
     q = torch.where(valid, logq.exp(), torch.zeros_like(logq))
