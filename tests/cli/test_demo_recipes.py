@@ -11,7 +11,7 @@ from tests.helpers import REPO_ROOT, fit_and_check
 
 TINY_DATA_ARGS = [
     "--data.init_args.num_train=48", "--data.init_args.num_val=8", "--data.init_args.num_test=8",
-    "--data.init_args.batch_size=8", "--data.init_args.eval_batch_size=16",
+    "--data.init_args.batch_size=12", "--data.init_args.eval_batch_size=16",
 ]
 DEMO_RECIPES = sorted(p.name for p in (REPO_ROOT / "configs" / "demo").glob("shapes-*.yaml"))
 STUDENT_ARGS = [

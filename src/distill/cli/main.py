@@ -13,12 +13,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from distill.cli.quiet import configure_output
 from distill.errors import DistillError, InputError, RunError, one_line
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("distill.cli.demo", "train the demo teacher and students, print the recall table"),
     "cache-teacher": ("distill.cli.cache_teacher",
                       "score each training anchor's top-K student candidates with the teacher once, into a cache"),
+    "mine": ("distill.cli.mine", "build a text recipe's training file (query, positives, hard negatives) from a "
+                                 "BEIR folder with the student"),
     "export": ("distill.cli.export", "export a trained student: safetensors, config, tokenizer, ONNX, card"),
     "index": ("distill.cli.index", "encode a split's b side with an exported student into an index"),
     "search": ("distill.cli.search", "search an index with a text or image query"),
@@ -28,11 +31,12 @@ DEBUG_ENV = "DISTILL_DEBUG"
 __all__ = ["COMMANDS", "main", "run_reporting_errors"]
 
 
-def _debug(args: list[str]) -> bool:
-    if "--debug" in args:
-        args.remove("--debug")
+def _flag(args: list[str], name: str, env: str | None = None) -> bool:
+    """Remove ``name`` from ``args``; True when it was there (or ``env`` is set to something else than 0)."""
+    if name in args:
+        args.remove(name)
         return True
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return env is not None and os.environ.get(env, "") not in ("", "0")
 
 
 def classify(error: BaseException) -> DistillError | None:
@@ -69,12 +73,14 @@ def _usage() -> str:
     extras = "\n".join(f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items())
     return (f"distill commands (python -m distill <command> --help):\n{extras}\n"
             "Lightning commands: fit, validate, test, predict (--config <recipe.yaml>)\n"
-            "--debug (or DISTILL_DEBUG=1) shows tracebacks instead of one-line errors\n")
+            "--debug (or DISTILL_DEBUG=1) shows tracebacks instead of one-line errors;\n"
+            "--verbose shows Lightning's own informational lines (accelerator banner, tips)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug(args)
+    debug = _flag(args, "--debug", DEBUG_ENV)
+    configure_output(verbose=_flag(args, "--verbose"))
     if args and args[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[args[0]][0])
         run_reporting_errors(lambda: module.main(args[1:]), debug)

@@ -34,6 +34,8 @@ class DistillCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: object) -> None:
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "default_env": False})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # A progress bar in a terminal; in logs and CI the ProgressLog callback prints lines instead.
+        kwargs.setdefault("trainer_defaults", {"enable_progress_bar": sys.stderr.isatty()})
         # Arguments given in Python replace the process's own (LightningCLI would warn about both).
         argv, sys.argv = sys.argv, sys.argv[:1] if args is not None else sys.argv
         try:

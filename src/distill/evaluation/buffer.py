@@ -74,7 +74,8 @@ def open_rows(path: Path, rows: int, width: int, dtype: torch.dtype) -> Tensor:
     if rows == 0:
         return torch.zeros(0, width, dtype=dtype)
     numpy_dtype = np.float16 if dtype == torch.float16 else np.float32
-    return torch.from_numpy(np.memmap(path, dtype=numpy_dtype, mode="r", shape=(rows, width)))
+    # Copy-on-write: torch wants a writable array; the file is never written back.
+    return torch.from_numpy(np.memmap(path, dtype=numpy_dtype, mode="c", shape=(rows, width)))
 
 
 @dataclass

@@ -95,6 +95,13 @@ class ResumableModelCheckpoint(ModelCheckpoint):
                          every_n_epochs=every_n_epochs, save_on_train_epoch_end=save_on_train_epoch_end,
                          verbose=verbose)
 
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Before the first validation there is nothing to rank by: only last.ckpt is written, silently.
+        if (self.monitor is not None and self.monitor not in monitor_candidates
+                and not trainer.fit_loop.epoch_loop.val_loop._has_run):
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning writes a missing last.ckpt here even under fast_dev_run, whose smoke runs must leave no files.
         if not trainer.fast_dev_run:

@@ -16,6 +16,7 @@ only in the candidate sources and the evaluator a recipe composes.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,7 @@ from distill.training.optim import default_optimizer, optimizer_config, resolve_
 from distill.training.step import candidate_scores
 
 TEACHER_PREFIX = "teacher."
+logger = logging.getLogger("distill.training")
 
 __all__ = ["DistillationModule", "TEACHER_PREFIX"]
 
@@ -172,6 +174,11 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._teacher_precision()
+        if self.teacher is not None and self.trainer.is_global_zero:
+            modules = sum(1 for _ in self.teacher.modules())
+            logger.info("the teacher (%s, %d modules, %s) is frozen: it stays in eval mode, out of the optimizer "
+                        "and out of the checkpoints; only the student trains", type(self.teacher).__name__, modules,
+                        "fp32" if self.scorer is None or self.scorer.precision == "32" else self.scorer.precision)
 
     def on_validation_start(self) -> None:
         self._teacher_precision()

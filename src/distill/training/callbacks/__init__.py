@@ -12,11 +12,14 @@
   current batch, then exit with status 128 + signal; ``fit --ckpt_path last`` resumes.
 * :class:`RandomStateCheckpoint`: every checkpoint carries the random generators' states, so a resumed
   run draws the same dropout masks as an uninterrupted one.
+* :class:`ProgressLog`: one line per epoch (loss terms, validation, elapsed and remaining time) when the
+  output is not a terminal, where the progress bar would be noise.
 """
 
 from distill.training.callbacks.compatibility import CompatibilityCheck, IncompatibleModelsError, embedding_vocab_size
 from distill.training.callbacks.interrupt import InterruptCheckpoint, TrainingInterrupted
 from distill.training.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
+from distill.training.callbacks.progress import ProgressLog
 from distill.training.callbacks.random_state import RandomStateCheckpoint
 from distill.training.callbacks.sparse import SparseCollapseError, SparseCollapseGuard
 
@@ -26,6 +29,7 @@ __all__ = [
     "InterruptCheckpoint",
     "NonFiniteGuard",
     "NonFiniteLossError",
+    "ProgressLog",
     "RandomStateCheckpoint",
     "SparseCollapseError",
     "SparseCollapseGuard",

@@ -1,0 +1,69 @@
+"""``python -m distill mine``: build a text recipe's training file from a BEIR folder with the student.
+
+    python -m distill mine --config configs/msmarco/cross-encoder-to-minilm-margin-mse.yaml \\
+        --out data/msmarco/train_triples.jsonl [--negatives 8] [--depth 100] [--skip-top 3] \\
+        [--teacher-scores] [--student-ckpt <run>.ckpt] [--data.init_args.data_dir=...]   # recipe overrides
+
+The recipe's student (its initial weights, or ``--student-ckpt``: a checkpoint or an export folder) mines
+each training query's hard negatives over the whole corpus; ``--teacher-scores`` also stores the recipe's
+teacher's score of every pair. See :mod:`distill.cache.mine`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from distill.cache.mine import MineSettings, mine_training_file
+from distill.cli.args import CommandParser, positive_int
+from distill.errors import InputError
+from distill.students.weights import load_student_weights
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> CommandParser:
+    defaults = MineSettings()
+    parser = CommandParser(prog="distill mine", description=__doc__.split("\n\n")[0],
+                           epilog="Other --key=value arguments override the recipe, as in `distill fit`.")
+    parser.add_argument("--config", required=True, help="a text recipe (its student mines, its data names the folder)")
+    parser.add_argument("--out", required=True, help="the training file to write (JSONL, written atomically)")
+    parser.add_argument("--negatives", type=positive_int, default=defaults.negatives, help="negatives per query")
+    parser.add_argument("--depth", type=positive_int, default=defaults.depth, help="ranks the negatives come from")
+    parser.add_argument("--skip-top", type=int, default=defaults.skip_top,
+                        help="leave out the student's first ranks (likely unjudged positives)")
+    parser.add_argument("--split", default=defaults.split, help="the qrels file of the training queries")
+    parser.add_argument("--teacher-scores", action="store_true", help="store the teacher's score of every pair")
+    parser.add_argument("--teacher-max-pairs", type=positive_int, default=1024, help="pairs per teacher forward")
+    parser.add_argument("--student-ckpt", default=None, help="checkpoint or export folder of the mining student")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="texts per forward")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds the draw of negatives")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    from distill.cli.recipe import DistillCLI
+
+    args, overrides = build_parser().parse_known_args(argv)
+    if not os.path.isfile(args.config):
+        raise InputError(f"--config: recipe '{args.config}' does not exist")
+    # The file being mined may not exist yet: the data module reads the training queries from the qrels.
+    cli = DistillCLI(args=["--config", args.config, *overrides, "--data.init_args.train_file=null"], run=False)
+    student, teacher = getattr(cli.model, "student", None), getattr(cli.model, "teacher", None)
+    if student is None:
+        raise InputError(f"--config '{args.config}' has no model.init_args.student to mine with")
+    if args.teacher_scores and teacher is None:
+        raise InputError(f"--teacher-scores needs model.init_args.teacher in '{args.config}'")
+    if args.student_ckpt:
+        load_student_weights(student, args.student_ckpt, option="--student-ckpt")
+    cli.datamodule.setup("fit")
+    settings = MineSettings(negatives=args.negatives, depth=args.depth, skip_top=args.skip_top, split=args.split,
+                            batch_size=args.batch_size, seed=args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    counts = mine_training_file(student, cli.datamodule, args.out, settings,
+                                teacher if args.teacher_scores else None, args.teacher_max_pairs, device)
+    print(f"wrote {counts['queries']:,} training queries with {counts['negatives']:,} mined negatives "
+          f"(over {counts['passages']:,} passages) to {args.out}", file=sys.stderr)
