@@ -80,6 +80,7 @@ def one_line(error: BaseException) -> str:
     if len(raw) == 1:
         return raw[0].strip()
     keys = [match.group(1) for line in raw if (match := re.search(r'Parser key "([^"]+)"', line))]
+    given = next((m.group(1).strip() for line in raw if (m := re.search(r"Given value: (.*)$", line.strip()))), None)
     classes = [match.group(1) for line in raw if (match := re.search(r"Problem with given class_path '([^']+)'", line))]
     reasons = [(len(line) - len(line.lstrip()), line.strip().lstrip("- ")) for line in raw
                if not _BOILERPLATE.match(line.strip()) and "Problem with given class_path" not in line]
@@ -89,4 +90,6 @@ def one_line(error: BaseException) -> str:
     reason = next(text for indent, text in reasons if indent == depth)
     where = ".".join(keys)
     context = f" (in {classes[-1]})" if classes and classes[-1] not in reason else ""
+    if given is not None and given not in reason:
+        context += f" (given: {given})"
     return f"{where}: {reason}{context}" if where else f"{reason}{context}"

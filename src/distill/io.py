@@ -152,7 +152,13 @@ def folder_lock(target: str | os.PathLike[str], what: str = "folder") -> Iterato
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
-    handle = open(lock_path, "a+b")
+    try:
+        handle = open(lock_path, "a+b")
+    except PermissionError:
+        from distill.errors import InputError
+
+        raise InputError(f"cannot write the {what} '{path}': permission denied in '{path.parent}'; choose a folder "
+                         "you can write to") from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

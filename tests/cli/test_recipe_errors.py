@@ -90,7 +90,7 @@ def test_more_hard_negatives_than_a_batch_has(tmp_path: Path, tiny_teacher_dir: 
      "got -1.0"),
     ("--model.init_args.student.init_args.temperature=0",
      "model.init_args.student.init_args.temperature: student temperature must be > 0, got 0.0"),
-    ("--model.init_args.loss_weights.kl=-0.5", "model.loss_weights.kl must be a finite number >= 0, got -0.5"),
+    ("--model.init_args.loss_weights.kl=-0.5", "model.init_args.loss_weights.kl must be a finite number >= 0, got -0.5"),
 ])
 def test_non_positive_temperatures_and_weights(override: str, expected: str, tmp_path: Path, tiny_teacher_dir: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:

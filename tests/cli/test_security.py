@@ -125,3 +125,44 @@ def test_cli_refuses_an_unsafe_checkpoint_in_one_line(tmp_path: Path, capsys: py
     line = error_line(capsys, fit_args("shapes-infonce.yaml", tmp_path, f"--ckpt_path={path}"))
     assert line.startswith(f"distill: error: --ckpt_path '{path}' holds code or objects that are not tensors")
     assert "weights_only=False" not in line and "trust the source" not in line
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("recipe", ["demo/shapes-infonce.yaml", "coco/blip-itm-to-clip-cprd.yaml",
+                                    "flickr/vilt-to-timm-bert-dcd.yaml",
+                                    "msmarco/cross-encoder-to-minilm-margin-mse.yaml"])
+def test_a_remote_checkpoint_never_runs_code(recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickle whose loading runs a command, served on 127.0.0.1: every recipe refuses the URL in one line and
+    the command never runs (the checkpoint is not even fetched)."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.helpers import error_line
+
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, tmp_path / "evil.ckpt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/evil.ckpt"
+        line = error_line(capsys, ["fit", "--config", str(REPO_ROOT / "configs" / recipe), f"--ckpt_path={url}"])
+    finally:
+        server.shutdown()
+    assert line == (f"distill: error: --ckpt_path '{url}' is a remote address; distill reads checkpoints from local "
+                    "files only: download it, check where it came from, and pass the local path")
+    assert not marker.exists() and not (tmp_path / "torch-home").exists()

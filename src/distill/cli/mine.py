@@ -45,11 +45,15 @@ def build_parser() -> CommandParser:
 
 
 def main(argv: list[str]) -> None:
-    from distill.cli.recipe import DistillCLI
+    from distill.cli.recipe import DistillCLI, read_recipe
 
     args, overrides = build_parser().parse_known_args(argv)
     if not os.path.isfile(args.config):
         raise InputError(f"--config: recipe '{args.config}' does not exist")
+    data = (read_recipe(args.config, overrides).data or {}).get("class_path", "")
+    if not str(data).endswith("BeirTextDataModule"):
+        raise InputError(f"mining needs a BEIR text data module, not {str(data).rsplit('.', 1)[-1] or 'none'} "
+                         f"('{args.config}' data.class_path): use a query-passage recipe such as configs/msmarco/")
     # The file being mined may not exist yet: the data module reads the training queries from the qrels.
     cli = DistillCLI(args=["--config", args.config, *overrides, "--data.init_args.train_file=null"], run=False)
     student, teacher = getattr(cli.model, "student", None), getattr(cli.model, "teacher", None)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from distill.errors import RecipeError, one_line, root_cause
+from distill.errors import DistillError, RecipeError, one_line, root_cause
 from distill.instantiate import instantiate
 from distill.serving.card import RecipeSpec
 from distill.training.checkpoint import check_ckpt_path
@@ -36,6 +38,7 @@ class DistillCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # A progress bar in a terminal; in logs and CI the ProgressLog callback prints lines instead.
         kwargs.setdefault("trainer_defaults", {"enable_progress_bar": sys.stderr.isatty()})
+        check_config_files(list(sys.argv[1:] if args is None else args))
         # Arguments given in Python replace the process's own (LightningCLI would warn about both).
         argv, sys.argv = sys.argv, sys.argv[:1] if args is not None else sys.argv
         try:
@@ -52,6 +55,14 @@ class DistillCLI(LightningCLI):
         finally:
             sys.argv = argv
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except (ValueError, MisconfigurationException) as error:
+            if isinstance(error, DistillError) or not _raised_by_lightning_settings(error):
+                raise
+            raise RecipeError(f"trainer: {one_line(error)}") from error
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path for its hyperparameters before anything is built: check it first.
         if self.config.get("subcommand"):
@@ -61,11 +72,63 @@ class DistillCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError) as error:
+        except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as error:
+            if isinstance(error, DistillError):
+                raise
             message = one_line(root_cause(error))
             config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
             key = recipe_key(config, message)
             raise RecipeError(f"{key}: {message}" if key else message) from error
+        for part, owner in ((getattr(self, "datamodule", None), "data"), (getattr(self, "model", None), "model")):
+            if part is not None:
+                _report_setup_errors(part, owner)
+
+
+def _raised_by_lightning_settings(error: BaseException) -> bool:
+    """Whether Lightning's trainer raised ``error`` while checking its own settings (e.g. a
+    ``val_check_interval`` longer than the epoch), rather than a bug deeper in a run."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in (
+        "lightning/pytorch/trainer/", "lightning/pytorch/loops/", "lightning/fabric/connector",
+        "lightning/pytorch/trainer/connectors/"))
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Refuse, naming the file and the line, a ``--config`` that is missing or is not valid YAML."""
+    import yaml
+
+    for flag, value in zip(args, list(args[1:]) + [""]):
+        path = value if flag in ("--config", "-c") else (flag.split("=", 1)[1] if flag.startswith("--config=") else None)
+        if path is None:
+            continue
+        source = Path(path)
+        if not source.is_file():
+            raise RecipeError(f"--config: recipe '{source}' does not exist")
+        try:
+            yaml.safe_load(source.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise RecipeError(f"--config: '{source}' is not valid YAML ({problem} at{where}): fix the recipe") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"--config: '{source}' is not UTF-8 text: re-encode it as UTF-8") from None
+
+
+def _report_setup_errors(part: L.LightningModule | L.LightningDataModule, owner: str) -> None:
+    """Make a ``setup`` that rejects its input (``ValueError``, ``KeyError``, a missing file) fail as one recipe
+    line naming the recipe part, the way constructor errors do: setup reads the data and files a recipe names."""
+    original = part.setup
+
+    def setup(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except DistillError:
+            raise
+        except (ValueError, KeyError, FileNotFoundError) as error:
+            raise RecipeError(f"{owner} ({type(part).__name__}): {one_line(root_cause(error))}") from error
+
+    part.setup = setup  # type: ignore[method-assign]
 
 
 def _leaves(value: object, prefix: str = "") -> dict[str, object]:
@@ -88,7 +151,8 @@ def recipe_key(config: object, message: str) -> str | None:
     when the message names a key already, or no single key matches.
     """
     got = re.search(r"got (-?[\w.+-]+)", message)
-    if config is None or got is None or re.match(r"^[\w.]+\.[\w.]+[:\s]", message):
+    if config is None or got is None or re.match(r"^[\w.]+\.[\w.]+[:\s]", message) or \
+            re.search(r"\b(data|model|trainer)\.init_args\.\w", message):
         return None
     candidates = []
     for key, value in _leaves(config).items():

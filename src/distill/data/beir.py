@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from distill.data.beir_batches import BeirItemStore, RowDataset, TextCollator, TrainItem, TripleDataset
 from distill.data.beir_files import jsonl_records, read_qrels, read_texts
 from distill.data.common import (
+    check_counts,
     BadItemPolicy,
     BadItems,
     DataError,
@@ -111,6 +112,10 @@ class BeirTextDataModule(L.LightningDataModule):
         limit_corpus: int | None = None,
     ) -> None:
         super().__init__()
+        check_counts(OWNER, 1, query_max_length=query_max_length, passage_max_length=passage_max_length,
+                     teacher_max_length=teacher_max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                     limit_corpus=limit_corpus)
+        check_counts(OWNER, 0, num_negatives=num_negatives, num_workers=num_workers)
         self.save_hyperparameters()
         if num_negatives < 0:
             raise ValueError(f"{OWNER}: num_negatives must be >= 0, got {num_negatives}")

@@ -29,6 +29,14 @@ class DataFileNotFound(DataError, FileNotFoundError):
     """A data file or folder named by the recipe does not exist (the message names the recipe key)."""
 
 
+def check_counts(owner: str, minimum: int = 1, **values: int | None) -> None:
+    """Raise one :class:`DataError` line for the first setting below ``minimum`` (``None`` is allowed), e.g.
+    ``ShapesDataModule: data.init_args.batch_size must be >= 1, got -4``."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise DataError(f"{owner}: data.init_args.{name} must be >= {minimum}, got {value!r}")
+
+
 class BadItems:
     """Applies ``on_bad_item``: raise :class:`DataError`, or count the item per reason and log it."""
 

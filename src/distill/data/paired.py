@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from distill.data.common import (
+    check_counts,
     BadItemPolicy,
     BadItems,
     DataError,
@@ -148,6 +149,10 @@ class PairedImageTextDataModule(L.LightningDataModule):
         limit_per_split: int | None = None,
     ) -> None:
         super().__init__()
+        check_counts(OWNER, 1, image_size=image_size, max_length=max_length, teacher_max_length=teacher_max_length,
+                     batch_size=batch_size, eval_batch_size=eval_batch_size, limit_per_split=limit_per_split,
+                     teacher_image_canvas=teacher_image_canvas)
+        check_counts(OWNER, 0, num_workers=num_workers)
         self.save_hyperparameters()
         self.annotations = Path(annotations)
         self.image_root = Path(image_root)

@@ -81,14 +81,16 @@ class RetrievalEvaluator:
     def __init__(self, two_stage_k: int = 16, two_stage_at: Sequence[str] = ("test",), diagnostics: bool = True,
                  diagnostic_anchors: int = 256, evaluate_teacher: bool = False, embedding_dtype: str = "float32",
                  embeddings_dir: str | None = None, query_chunk: int = 1024, key_chunk: int = 16384) -> None:
-        if two_stage_k < 0 or diagnostic_anchors < 0 or query_chunk < 1 or key_chunk < 1:
-            raise ValueError("evaluator: two_stage_k and diagnostic_anchors must be >= 0, the chunks >= 1")
+        for name, value, least in (("two_stage_k", two_stage_k, 0), ("diagnostic_anchors", diagnostic_anchors, 0),
+                                   ("query_chunk", query_chunk, 1), ("key_chunk", key_chunk, 1)):
+            if value < least:
+                raise ValueError(f"model.init_args.evaluator.init_args.{name} must be >= {least}, got {value}")
         if embedding_dtype not in EMBEDDING_DTYPES:
-            raise ValueError(f"evaluator: embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, "
+            raise ValueError(f"model.init_args.evaluator.init_args.embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, "
                              f"got {embedding_dtype!r}")
         unknown = set(two_stage_at) - {"val", "test"}
         if unknown:
-            raise ValueError(f"evaluator: two_stage_at lists {sorted(unknown)}; use val and/or test")
+            raise ValueError(f"model.init_args.evaluator.init_args.two_stage_at lists {sorted(unknown)}; use val and/or test")
         self.two_stage_k = two_stage_k
         self.two_stage_at = tuple(two_stage_at)
         self.diagnostics = diagnostics

@@ -41,7 +41,8 @@ class TimmImageTower(Tower):
                 **(model_kwargs or {}),
             )
         except RuntimeError as error:
-            raise ValueError(f"timm could not build image tower '{model_name}': {error}") from error
+            raise ValueError(f"timm could not build image tower '{model_name}' ({error}): check model_name against "
+                             "timm.list_models()") from None
         self.width = self.output_width()
 
     def output_width(self) -> int:

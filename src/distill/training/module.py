@@ -33,6 +33,7 @@ from distill.losses import DistillationLoss, InfoNCE, LossInputs
 from distill.students.towers import enable_gradient_checkpointing
 from distill.students.weights import load_student_weights
 from distill.teachers import Teacher, TeacherScorer
+from distill.teachers.scoring import check_precision
 from distill.training.candidates import CachedCandidates, CandidateSource, InBatchNegatives, Side, StepView
 from distill.training.optim import default_optimizer, optimizer_config, resolve_run_length
 from distill.training.step import candidate_scores
@@ -103,12 +104,15 @@ class DistillationModule(L.LightningModule):
             load_student_weights(student, student_init, option="model.init_args.student_init")
         self.student = student
         self.teacher = teacher.freeze() if teacher is not None else None
+        check_precision(teacher_precision, "model.init_args.teacher_precision")
+        if teacher_max_pairs is not None and teacher_max_pairs < 1:
+            raise ValueError(f"model.init_args.teacher_max_pairs must be >= 1 or null, got {teacher_max_pairs}")
         self.scorer = TeacherScorer(teacher, teacher_max_pairs, teacher_precision) if teacher is not None else None
         if gradient_checkpointing:
             enable_gradient_checkpointing(student)
         self.gradient_checkpointing = gradient_checkpointing
         if num_hard_negatives < 1:
-            raise ValueError(f"model.num_hard_negatives must be >= 1, got {num_hard_negatives}")
+            raise ValueError(f"model.init_args.num_hard_negatives must be >= 1, got {num_hard_negatives}")
         self.num_hard_negatives = num_hard_negatives
         if candidates is None:
             candidates = InBatchNegatives()
@@ -127,16 +131,16 @@ class DistillationModule(L.LightningModule):
     def _check_weights(self, weights: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(weights) - set(self.losses))
         if unknown:
-            raise ValueError(f"model.loss_weights names {unknown}, which are not in model.losses {sorted(self.losses)}")
+            raise ValueError(f"model.init_args.loss_weights names {unknown}, which are not in model.init_args.losses {sorted(self.losses)}")
         resolved = {name: float(weights.get(name, 1.0)) for name in self.losses}
         for name, weight in resolved.items():
             if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"model.loss_weights.{name} must be a finite number >= 0, got {weight}")
+                raise ValueError(f"model.init_args.loss_weights.{name} must be a finite number >= 0, got {weight}")
         return resolved
 
     def _check_losses(self) -> None:
         if not self.losses:
-            raise ValueError("model.losses is empty: add at least one loss (e.g. distill.losses.InfoNCE)")
+            raise ValueError("model.init_args.losses is empty: add at least one loss (e.g. distill.losses.InfoNCE)")
         live = any(source.needs_live_teacher for source in self.candidates)
         for name, loss in self.losses.items():
             if getattr(loss, "requires_teacher_embeddings", False) and not (
