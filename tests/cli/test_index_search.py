@@ -62,6 +62,7 @@ def test_benchmark_quick_mode_writes_the_table(tmp_path: Path, monkeypatch: pyte
     pytest.importorskip("onnxruntime", reason="the benchmark times the ONNX query encoders")
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(variable, "1")  # the script sets these on import; keep the test process unchanged
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     spec = importlib.util.spec_from_file_location("retrieval_benchmark", REPO_ROOT / "benchmarks" / "retrieval.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
@@ -72,6 +73,18 @@ def test_benchmark_quick_mode_writes_the_table(tmp_path: Path, monkeypatch: pyte
     for method in ("teacher (exhaustive, extrapolated)", "dense exact fp32", "sparse inverted index"):
         assert f"| {method} |" in text
     assert "Command: `python benchmarks/retrieval.py --quick`" in text
+    backends = text.split("## Index backends side by side", 1)[1]
+    assert "| " + " | ".join(module.BACKEND_COLUMNS).replace("batch ms", "batch-64 ms") + " |" in backends
+    expected = [("2,000", "dense D=128", "numpy"), ("2,000", "sparse", "numpy")]
+    expected += [("2,000", "dense D=128", "faiss")] if importlib.util.find_spec("faiss") else []
+    expected += [("2,000", "dense D=128", "qdrant"), ("300", "sparse", "qdrant")] \
+        if importlib.util.find_spec("qdrant_client") else []
+    expected += [("2,000", "sparse", "seismic")] if importlib.util.find_spec("seismic") else []
+    for n, vectors, backend in expected:
+        assert f"| {n} | {vectors} | {backend} |" in backends, (n, vectors, backend)
+    exact = [line.split(" | ") for line in backends.splitlines() if line.startswith("| 2,000 | dense D=128 | numpy")]
+    assert exact[0][9] == "1.000"  # recall@10 of exact search against itself
+    assert "- Default dense backend" in backends and "<!-- retrieval-backends:start -->" in text
 
 
 def test_sparse_serving_benchmark_index_recall_equals_exact_scoring(tmp_path: Path, tiny_datamodule,

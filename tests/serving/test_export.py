@@ -14,6 +14,7 @@ from distill.cli.export import export_checkpoint
 from distill.errors import InputError
 from distill.serving.export import export_student, safe_join
 from distill.serving.loading import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, load_student, load_tokenizer, read_student_config
+from distill.serving.onnx import SUPPORTED_OPSETS
 from tests.helpers import REPO_ROOT
 from tests.helpers import (
     DENSE_SPEC,
@@ -143,3 +144,18 @@ def test_model_card_names_the_starting_weights(tmp_path: Path) -> None:
     assert "- started from: `runs/sparse-infonce/last.ckpt` (model.init_args.student_init)" in card
     assert "| kl | `distill.losses.LogitKL` | 1 |" in card and "| flops | `distill.losses.FLOPS` | 0.01 |" in card
     assert read_recipe(REPO_ROOT / "configs/demo/shapes-sparse-infonce.yaml").student_init is None
+
+
+@pytest.mark.parametrize("opset", [SUPPORTED_OPSETS[0], SUPPORTED_OPSETS[-1]])
+def test_onnx_exports_at_either_end_of_the_supported_opsets(tmp_path: Path, tiny_datamodule, opset: int) -> None:
+    onnx = pytest.importorskip("onnx", reason="reading the graph's opset needs onnx")
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX parity check needs onnxruntime")
+    student = build(DENSE_SPEC)
+    export_student(student, tmp_path / "out", student_spec=DENSE_SPEC, datamodule=tiny_datamodule, opset=opset)
+    graph = onnx.load(str(tmp_path / "out" / "tower_b.onnx"))
+    assert {entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")} == {opset}
+    batch = _batch(tiny_datamodule, 3)
+    session = ort.InferenceSession(str(tmp_path / "out" / "tower_b.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {key: value.numpy() for key, value in batch["b"].items()})[0]
+    with torch.no_grad():
+        assert np.abs(got - student.encode_b(batch["b"]).numpy()).max() < 1e-4

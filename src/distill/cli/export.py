@@ -8,6 +8,7 @@ weights (``torch.load(weights_only=True)``) and writes the export folder in one 
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from distill.instantiate import instantiate
 from distill.io import read_json
 from distill.serving.card import run_metrics
 from distill.serving.export import ExportResult, TrainingRecord, export_student
-from distill.serving.onnx import DEFAULT_OPSET
+from distill.serving.onnx import DEFAULT_OPSET, SUPPORTED_OPSETS
 from distill.students.weights import read_student_checkpoint
 
 __all__ = ["build_parser", "export_checkpoint", "main"]
@@ -56,6 +57,15 @@ def export_checkpoint(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathL
     return export_student(student, out_dir, recipe.student, datamodule, record, **options)  # type: ignore[arg-type]
 
 
+def opset(text: str) -> int:
+    """An ``argparse`` type: an ONNX opset the tower graphs can be exported at (``SUPPORTED_OPSETS``)."""
+    value = positive_int(text)
+    if value not in SUPPORTED_OPSETS:
+        raise argparse.ArgumentTypeError(f"opset {value} is not supported: choose {SUPPORTED_OPSETS[0]} to "
+                                         f"{SUPPORTED_OPSETS[-1]} (default {DEFAULT_OPSET})")
+    return value
+
+
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="distill export", description=__doc__.split("\n\n")[0],
                            epilog="Other --key value arguments override the recipe, as in `distill fit`.")
@@ -64,7 +74,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("--config", help="recipe used for training (default: config.yaml of the run's log folder)")
     parser.add_argument("--metrics", help="JSON file of {metric: value} to put in the model card")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX graphs")
-    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
+    parser.add_argument("--opset", type=opset, default=DEFAULT_OPSET,
+                        help=f"ONNX opset of the tower graphs, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} "
+                             f"(default {DEFAULT_OPSET})")
     parser.add_argument("--image-size", type=positive_int, help="image side of the ONNX image graph (default: the data's)")
     parser.add_argument("--top-k-a", type=positive_int, help="sparse students: keep the k largest a-side weights")
     parser.add_argument("--top-k-b", type=positive_int, help="sparse students: keep the k largest b-side weights")

@@ -7,12 +7,14 @@ import sys
 from distill.cli.args import CommandParser, positive_int
 from distill.cli.recipe import load_datamodule
 from distill.io import read_json
+from distill.serving.index.backends import BACKENDS, EXTRAS, FAISS_TYPES, BackendSettings
 from distill.serving.index.folder import INDEX_META, build_index
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> CommandParser:
+    defaults = BackendSettings()
     parser = CommandParser(prog="distill index", description="Encode a split's b side into an index folder.")
     parser.add_argument("--student", required=True, help="export folder written by `distill export`")
     parser.add_argument("--data", required=True, help="recipe or data yaml (class_path + init_args)")
@@ -20,16 +22,48 @@ def build_parser() -> CommandParser:
     parser.add_argument("--out", required=True, help="index folder (built aside, then put in place in one step)")
     parser.add_argument("--chunk-size", type=positive_int, default=256, help="texts encoded per forward pass")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--backend", choices=sorted(BACKENDS),
+                        help="faiss (dense; the dense default when installed), numpy (exact dense search, or "
+                             "distill's inverted index: the sparse default), qdrant (dense or sparse; embedded, or "
+                             "a server with --url)")
     parser.add_argument("--weights", choices=("float32", "uint8"), default="float32",
-                        help="sparse students: posting weights, exact float32 or uint8 impacts (3 bytes per posting)")
+                        help="sparse students, numpy backend: posting weights, exact float32 or uint8 impacts")
     parser.add_argument("--top-k", type=positive_int, help="sparse students: keep each item's k largest weights")
+    faiss = parser.add_argument_group("faiss")
+    faiss.add_argument("--faiss-type", choices=FAISS_TYPES, default=defaults.faiss_type,
+                       help="flat: exact IndexFlatIP; ivf / hnsw: approximate")
+    faiss.add_argument("--nlist", type=positive_int, help="ivf: number of lists (default 4 sqrt(N))")
+    faiss.add_argument("--nprobe", type=positive_int, default=defaults.nprobe, help="ivf: lists searched per query")
+    faiss.add_argument("--pq", type=positive_int, help="ivf: product quantisation with this many 8-bit sub-vectors")
+    faiss.add_argument("--hnsw-m", type=positive_int, default=defaults.hnsw_m, help="hnsw: links per node")
+    faiss.add_argument("--ef-construction", type=positive_int, default=defaults.ef_construction)
+    faiss.add_argument("--ef-search", type=positive_int, default=defaults.ef_search, help="hnsw: candidates searched")
+    qdrant = parser.add_argument_group("qdrant")
+    qdrant.add_argument("--url", help="Qdrant server or cluster, e.g. http://localhost:6333 (default: embedded in "
+                                      "--out); the API key is read from QDRANT_API_KEY")
+    qdrant.add_argument("--collection", default=defaults.collection, help="collection alias on the server")
+    qdrant.add_argument("--exact", action="store_true", help="server: scan every point instead of Qdrant's HNSW")
+    qdrant.add_argument("--shards", type=positive_int, help="server: the collection's shard_number (a cluster "
+                                                           "spreads the shards over its nodes)")
+    qdrant.add_argument("--replicas", type=positive_int, help="server: the collection's replication_factor")
     return parser
 
 
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
+    settings = BackendSettings(backend=args.backend, faiss_type=args.faiss_type, nlist=args.nlist,
+                               nprobe=args.nprobe, pq=args.pq, hnsw_m=args.hnsw_m,
+                               ef_construction=args.ef_construction, ef_search=args.ef_search, url=args.url,
+                               collection=args.collection, exact=args.exact, shards=args.shards,
+                               replicas=args.replicas)
     out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
                       progress=not args.no_progress and sys.stderr.isatty(), weights=args.weights,
-                      top_k=args.top_k, source=args.data)
+                      top_k=args.top_k, source=args.data, settings=settings)
     meta = read_json(out / INDEX_META)
-    print(f"indexed {meta['count']} items ({meta['kind']}, {meta['bytes']:,} bytes) into {out}")
+    url = (meta.get("backend_settings") or {}).get("url")
+    where = (f"into the Qdrant collection {meta['collection_name']} (alias {args.collection}) at {url}; manifest "
+             f"and items in {out}") if url else f"({meta['bytes']:,} bytes) into {out}"
+    print(f"indexed {meta['count']} items ({meta['kind']}, {meta['backend']}) {where}")
+    if args.backend is None and meta["kind"] == "dense" and meta["backend"] == "numpy":
+        print(f"note: {EXTRAS['faiss'][1].split('==')[0]} is not installed, so the dense index uses the numpy backend "
+              f"(the same results, slower): pip install '{EXTRAS['faiss'][1]}'", file=sys.stderr)

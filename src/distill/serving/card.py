@@ -14,7 +14,7 @@ from torch import nn
 
 from distill.io import read_json
 
-__all__ = ["RecipeSpec", "model_card", "run_metrics", "teacher_description"]
+__all__ = ["RecipeSpec", "load_section", "model_card", "run_metrics", "teacher_description"]
 
 
 @dataclass
@@ -67,6 +67,21 @@ def run_metrics(log_dir: str | os.PathLike[str], prefix: str = "test/") -> dict[
             for tag in accumulator.Tags().get("scalars", []) if tag.startswith(prefix)}
 
 
+def load_section(student_config: Mapping[str, Any]) -> list[str]:
+    """The card's "Load" section: one way per tool that reads the folder."""
+    ecosystem = student_config.get("ecosystem") or {"layout": "distill", "note": ""}
+    lines = ["## Load", "", "| tool | how |", "|---|---|",
+             "| distill | `distill.load_student(folder)`, `distill.load_tokenizer(folder)` |"]
+    if student_config.get("onnx", True):
+        lines.append("| ONNX Runtime | `onnxruntime.InferenceSession(folder + '/tower_a.onnx')` (and `tower_b.onnx`); "
+                     "inputs in `student_config.json` |")
+    if ecosystem["layout"] != "distill":
+        lines.append(f"| {ecosystem['layout']} | {ecosystem['note']} |")
+        return lines + [""]
+    reason = ecosystem.get("note") or "this student has no ecosystem layout"
+    return lines + ["", f"No sentence-transformers or transformers layout: {reason}.", ""]
+
+
 def model_card(student_config: Mapping[str, Any], recipe: RecipeSpec | None, teacher: Mapping[str, Any] | None,
                metrics: Mapping[str, float], losses: Mapping[str, str] | None = None,
                training: Mapping[str, int] | None = None) -> str:
@@ -77,9 +92,7 @@ def model_card(student_config: Mapping[str, Any], recipe: RecipeSpec | None, tea
         f"# {student['class_path'].rsplit('.', 1)[-1]} student", "",
         f"Embeddings: {student_config['embedding']['kind']}, dimension {student_config['embedding']['dim']}. "
         f"Tower a reads {towers['a']['modality']}, tower b reads {towers['b']['modality']}.", "",
-        "Load with `distill.load_student(folder)`; the ONNX graphs `tower_a.onnx` / `tower_b.onnx` take the same",
-        "inputs (see `student_config.json`).", "",
-        "## Teacher", "",
+        *load_section(student_config), "## Teacher", "",
     ]
     if teacher:
         lines.append(f"- class: `{teacher.get('class', '?')}`")

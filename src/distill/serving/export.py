@@ -2,9 +2,12 @@
 
 :func:`export_student` writes into ``out_dir``:
 
-* ``model.safetensors``: the student's state dict (never the teacher's);
-* ``student_config.json``: the student's ``class_path``/``init_args`` plus the input spec of each
-  tower, so :func:`~distill.serving.loading.load_student` rebuilds it without the recipe;
+* the student's weights (never the teacher's), in the layout of the tool that serves it
+  (:mod:`distill.serving.ecosystem`): a sentence-transformers folder for text students, a
+  ``transformers.CLIPModel`` folder for CLIP students, else distill's own ``model.safetensors``;
+* ``student_config.json``: the student's ``class_path``/``init_args``, the input spec of each tower
+  and which file holds which tensors, so :func:`~distill.serving.loading.load_student` rebuilds it
+  without the recipe;
 * the tokenizer files (``save_pretrained`` of the data module's tokenizer), when there is one;
 * ``tower_a.onnx`` / ``tower_b.onnx``: one graph per tower (dynamic batch; dynamic sequence for text);
 * ``README.md``: a model card (teacher, losses and weights, data, measured test results, how to load it).
@@ -26,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_model
 from torch import nn
 
 from distill.io import atomic_folder, atomic_write_bytes, atomic_write_json
 from distill.serving.card import RecipeSpec, model_card, teacher_description
-from distill.serving.loading import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, ONNX_NAMES, WEIGHTS_NAME
+from distill.serving.ecosystem import describe, write_layout
+from distill.serving.loading import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, ONNX_NAMES
 from distill.serving.onnx import DEFAULT_OPSET, export_onnx, sample_inputs
 from distill.serving.student_spec import embedding_kind, self_contained_spec, text_vocab_size, tower_modality
 
@@ -123,7 +126,7 @@ def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_s
     spec = self_contained_spec(spec, student)
     top_k = {"top_k_a": top_k_a, "top_k_b": top_k_b}
     spec["init_args"].update({name: int(k) for name, k in top_k.items() if k is not None})
-    tokenizer = getattr(datamodule, "tokenizer", None)
+    tokenizer = getattr(datamodule, "tokenizer", None) or getattr(datamodule, "student_tokenizer", None)
     losses = _module_record(module, record, spec)
     teacher = teacher_description(record.recipe.teacher if record.recipe else None, getattr(module, "teacher", None))
     with _serving_mode(student, top_k), atomic_folder(out_dir, "export folder") as scratch:
@@ -152,7 +155,8 @@ def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, t
             vocab = text_vocab_size(student, side)
             if tokenizer is not None:
                 vocab = min(vocab, len(tokenizer))
-            max_length = getattr(datamodule, "max_length", None) or DEFAULT_MAX_LENGTH
+            side_length = getattr(datamodule, "query_max_length" if side == "a" else "passage_max_length", None)
+            max_length = side_length or getattr(datamodule, "max_length", None) or DEFAULT_MAX_LENGTH
             towers[side] = {"modality": "text", "inputs": ["input_ids", "attention_mask"],
                             "max_length": int(max_length), "vocab_size": vocab}
         towers[side]["onnx"] = ONNX_NAMES[side]
@@ -171,11 +175,14 @@ def _floats(value: Any) -> float | list[float]:
 
 def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], tokenizer: Any, onnx: bool,
                  opset: int) -> list[str]:
-    save_model(student, str(safe_join(out, WEIGHTS_NAME)))  # drops tied aliases (e.g. an MLM decoder's)
+    """The weights in the ecosystem layout that fits the student, the config, the tokenizer, the ONNX graphs."""
+    files = _save_tokenizer(tokenizer, out) if tokenizer is not None else []
+    layout = write_layout(out, student, student_config, tokenizer)
+    student_config["weights"] = layout.weights
+    student_config["ecosystem"] = describe(layout)
+    student_config["onnx"] = bool(onnx)
     atomic_write_json(safe_join(out, CONFIG_NAME), student_config)
-    files = [WEIGHTS_NAME, CONFIG_NAME]
-    if tokenizer is not None:
-        files += _save_tokenizer(tokenizer, out)
+    files += [*layout.files, CONFIG_NAME]
     if onnx:
         for side, spec in student_config["towers"].items():
             export_onnx(student, side, spec, safe_join(out, spec["onnx"]), opset)

@@ -6,20 +6,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from distill.instantiate import instantiate
 from distill.errors import InputError
-from distill.io import load_weights_into, read_json
+from distill.instantiate import instantiate
+from distill.io import load_weights, read_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the whole student in model.safetensors; 2: adds `weights` (which file holds which tensors)
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "student_config.json"
 CARD_NAME = "README.md"
 ONNX_NAMES = {"a": "tower_a.onnx", "b": "tower_b.onnx"}
 
-__all__ = ["CARD_NAME", "CONFIG_NAME", "FORMAT_VERSION", "ONNX_NAMES", "WEIGHTS_NAME", "load_student", "load_tokenizer",
-           "read_student_config"]
+__all__ = ["CARD_NAME", "CONFIG_NAME", "FORMAT_VERSION", "ONNX_NAMES", "WEIGHTS_NAME", "export_state_dict",
+           "load_student", "load_tokenizer", "read_student_config", "weight_files"]
 
 
 def read_student_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -28,23 +29,56 @@ def read_student_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"'{folder}' is not a student export: it has no {CONFIG_NAME} (run `distill export`)")
     config = read_json(path)
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(f"'{path}' has format_version {version!r}; this distill reads {FORMAT_VERSION}")
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise InputError(f"'{path}' has format_version {version!r}; this distill reads {READABLE_VERSIONS}")
     return config
 
 
+def weight_files(config: dict[str, Any]) -> list[dict[str, str]]:
+    """``[{"file", "prefix"}, ...]``: the files holding the student's tensors (a tensor ``k`` of ``file`` is the
+    student's ``prefix + k``); version-1 exports hold everything in ``model.safetensors``."""
+    entries = config.get("weights") or [{"file": WEIGHTS_NAME, "prefix": ""}]
+    for entry in entries:
+        name = str(entry.get("file", ""))
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"{CONFIG_NAME} lists the weights file {name!r}, which is not inside the export folder")
+    return entries
+
+
+def export_state_dict(folder: str | os.PathLike[str], config: dict[str, Any] | None = None) -> dict[str, Tensor]:
+    """The student's state dict as stored in an export folder, from every file of :func:`weight_files`."""
+    config = config if config is not None else read_student_config(folder)
+    state: dict[str, Tensor] = {}
+    for entry in weight_files(config):
+        path = Path(folder) / entry["file"]
+        if not path.is_file():
+            raise InputError(f"export '{folder}' has no {entry['file']}: export it again")
+        for key, value in load_weights(path, f"export '{folder}'").items():
+            state[entry.get("prefix", "") + key] = value
+    return state
+
+
+def load_state_into(student: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """``load_state_dict(strict=False)``; a missing key tied to a loaded one (e.g. an MLM decoder) is not missing."""
+    own = student.state_dict()
+    storage: dict[int, set[str]] = {}
+    for key, value in own.items():
+        storage.setdefault(value.untyped_storage().data_ptr(), set()).add(key)
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    loaded = set(state)
+    missing = [key for key in missing if not (storage[own[key].untyped_storage().data_ptr()] & loaded)]
+    return missing, list(unexpected)
+
+
 def load_student(folder: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild an exported student from ``student_config.json`` + ``model.safetensors``; eval mode."""
+    """Rebuild an exported student from ``student_config.json`` and its weights files; eval mode."""
     config = read_student_config(folder)
     student = instantiate(config["student"])
-    path = Path(folder) / WEIGHTS_NAME
-    if not path.is_file():
-        raise InputError(f"export '{folder}' has no {WEIGHTS_NAME}: export it again")
-    missing, unexpected = load_weights_into(student, path, f"export '{folder}'")  # re-ties dropped aliases
+    missing, unexpected = load_state_into(student, export_state_dict(folder, config))
     if missing or unexpected:
         raise InputError(
-            f"'{Path(folder) / WEIGHTS_NAME}' does not match {config['student']['class_path']}: "
+            f"the weights of export '{folder}' do not match {config['student']['class_path']}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return student.eval()

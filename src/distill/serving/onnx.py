@@ -13,8 +13,11 @@ from torch import Tensor, nn
 from distill.io import atomic_path
 
 DEFAULT_OPSET = 17
+# The opsets the tower graphs are exported at: scaled dot-product attention needs 14; 20 is the newest
+# the TorchScript exporter writes.
+SUPPORTED_OPSETS = range(14, 21)
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "sample_inputs"]
+__all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "export_onnx", "sample_inputs"]
 
 
 class _ImageTower(nn.Module):

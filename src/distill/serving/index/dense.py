@@ -73,13 +73,23 @@ class DenseIndex:
         best_scores = np.empty((len(queries), 0), np.float32)
         best_rows = np.empty((len(queries), 0), np.int64)
         for start in range(0, len(self), chunk_size):
-            block = queries @ self.embeddings[start:start + chunk_size].T
-            rows = np.broadcast_to(np.arange(start, start + block.shape[1], dtype=np.int64), block.shape)
-            best_scores, best_rows = merge_top_k(
-                np.concatenate([best_scores, block], axis=1), np.concatenate([best_rows, rows], axis=1), k
-            )
+            block = self._scores(queries, start, start + chunk_size)
+            rows = np.arange(start, start + block.shape[1], dtype=np.int64)
+            if block.shape[1] > k:  # the chunk's own top k first: merging then touches 2k columns, not the chunk
+                part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+                block, rows = np.take_along_axis(block, part, axis=1), rows[part]
+            else:
+                rows = np.broadcast_to(rows, block.shape)
+            best_scores, best_rows = merge_top_k(np.concatenate([best_scores, block], axis=1),
+                                                 np.concatenate([best_rows, rows], axis=1), k)
             best_scores, best_rows = best_scores[:, :k], best_rows[:, :k]
         return merge_top_k(best_scores, best_rows, k)
+
+    def _scores(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """``queries @ embeddings[start:stop].T``; one query is a matrix-vector product over contiguous rows."""
+        if len(queries) == 1:
+            return (self.embeddings[start:stop] @ queries[0])[None]
+        return queries @ self.embeddings[start:stop].T
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write ``dense.npz`` and ``dense.json`` into ``folder``, each atomically."""

@@ -1,0 +1,134 @@
+"""Index backends: which library holds an index's vectors, its settings, and the optional extras it needs.
+
+============ ======= ======================================================= =========================
+backend      kinds   what                                                     extra
+============ ======= ======================================================= =========================
+``numpy``    both    exact dense search (:class:`DenseIndex`) or distill's     none
+                     blockwise inverted index (:class:`SparseIndex`; the
+                     sparse default)
+``faiss``    dense   FAISS ``IndexFlatIP`` (exact; the dense default when      ``faiss`` (faiss-cpu)
+                     installed), ``IVF`` or ``HNSW`` (approximate),
+                     optionally with product quantisation
+``qdrant``   both    a Qdrant collection with named ``dense`` / ``sparse``    ``qdrant`` (qdrant-client)
+                     vectors: embedded in the index folder, or on a server
+============ ======= ======================================================= =========================
+
+Every backend answers ``search(queries, k) -> (scores [Q, k] float32, rows [Q, k] int64)`` with rows
+into the index's ``items.json``, best first, padded with ``-inf`` / ``-1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+
+from distill.errors import InputError
+
+__all__ = ["BACKENDS", "EXTRAS", "BackendSettings", "VectorIndex", "default_backend", "require"]
+
+EXTRAS: dict[str, tuple[str, str]] = {
+    # backend: (module to import, pinned requirement)
+    "faiss": ("faiss", "faiss-cpu==1.15.1"),
+    "qdrant": ("qdrant_client", "qdrant-client==1.20.0"),
+}
+BACKENDS: dict[str, tuple[str, ...]] = {"numpy": ("dense", "sparse"), "faiss": ("dense",),
+                                        "qdrant": ("dense", "sparse")}
+FAISS_TYPES = ("flat", "ivf", "hnsw")
+
+
+class VectorIndex(Protocol):
+    """What every backend's index offers (see the module docstring)."""
+
+    nbytes: int
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def require(backend: str) -> ModuleType:
+    """The module behind ``backend``; one line naming the pip command when its extra is not installed."""
+    module, requirement = EXTRAS[backend]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"--backend {backend} needs {requirement.split('==')[0]}, which is not installed: "
+                         f"pip install '{requirement}' (or `pip install -e '.[{backend}]'` in a distill "
+                         "checkout)") from None
+
+
+def default_backend(kind: str) -> str:
+    """The backend ``distill index`` uses when none is named.
+
+    Dense: FAISS (exact ``IndexFlatIP``) when faiss-cpu is installed, else numpy, whose results are the same and
+    which ``benchmarks/retrieval.py`` measured more than 1.2x slower than FAISS (docs/benchmarks.md, "Index
+    backends side by side"). Sparse: distill's own inverted index, which the same benchmark measured faster
+    than Seismic at recall@10 >= 0.95.
+    """
+    if kind == "dense" and importlib.util.find_spec(EXTRAS["faiss"][0]) is not None:
+        return "faiss"
+    return "numpy"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Everything a backend is built with; :meth:`manifest` is what ``index.json`` records of it.
+
+    FAISS (dense): ``faiss_type`` ``flat`` (exact ``IndexFlatIP``), ``ivf`` (``nlist`` lists, default
+    ``4 sqrt(N)``; ``nprobe`` searched) or ``hnsw`` (``hnsw_m`` links per node, ``ef_construction``,
+    ``ef_search``); ``pq`` = sub-vectors of 8-bit product quantisation for ``ivf`` / ``hnsw``.
+    Qdrant: ``url`` (``None``: embedded in the index folder), ``collection`` (the alias users query),
+    ``exact`` (full scan instead of Qdrant's HNSW on a server), ``shards`` / ``replicas`` (the collection's
+    ``shard_number`` / ``replication_factor`` on a cluster).
+    """
+
+    backend: str | None = None
+    faiss_type: str = "flat"
+    nlist: int | None = None
+    nprobe: int = 16
+    pq: int | None = None
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 128
+    url: str | None = None
+    collection: str = "distill"
+    exact: bool = False
+    shards: int | None = None
+    replicas: int | None = None
+
+    def resolve(self, kind: str) -> "BackendSettings":
+        """These settings with the backend chosen and checked against the student's ``kind``."""
+        backend = self.backend or default_backend(kind)
+        if backend not in BACKENDS:
+            raise InputError(f"--backend {backend!r} is not one of {sorted(BACKENDS)}")
+        if kind not in BACKENDS[backend]:
+            kinds = [name for name, allowed in BACKENDS.items() if kind in allowed]
+            raise InputError(f"--backend {backend} indexes {' and '.join(BACKENDS[backend])} vectors; this student's "
+                             f"are {kind}: use --backend {' or '.join(kinds)}")
+        if self.faiss_type not in FAISS_TYPES:
+            raise InputError(f"--faiss-type {self.faiss_type!r} is not one of {FAISS_TYPES}")
+        if backend != "faiss" and (self.faiss_type != "flat" or self.pq is not None or self.nlist is not None):
+            raise InputError(f"--faiss-type, --nlist and --pq apply to --backend faiss, not {backend}")
+        if backend != "qdrant" and self.url is not None:
+            raise InputError(f"--url applies to --backend qdrant, not {backend}")
+        if self.url is None and (self.shards is not None or self.replicas is not None):
+            raise InputError("--shards and --replicas apply to a Qdrant server or cluster: add --url")
+        if self.pq is not None and self.faiss_type == "flat":
+            raise InputError("--pq compresses an approximate index: add --faiss-type ivf or hnsw")
+        return BackendSettings(**{**asdict(self), "backend": backend})
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings ``index.json`` keeps for this backend (search reads them back)."""
+        if self.backend == "faiss":
+            keys = {"flat": (), "ivf": ("nlist", "nprobe", "pq"), "hnsw": ("hnsw_m", "ef_construction", "ef_search",
+                                                                          "pq")}[self.faiss_type]
+            return {"faiss_type": self.faiss_type, **{key: getattr(self, key) for key in keys}}
+        if self.backend == "qdrant":
+            return {"url": self.url, "collection": self.collection, "exact": self.exact, "shards": self.shards,
+                    "replicas": self.replicas}
+        return {}

@@ -1,0 +1,90 @@
+"""What an index holds and how its queries are encoded: a split's b items, tokenised text, image files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from distill.errors import InputError
+
+__all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tokenize"]
+
+
+@dataclass(frozen=True)
+class CorpusItem:
+    """One indexed b item: its id, the id of the a item it belongs to, and its raw text."""
+
+    id: int
+    a_id: int
+    text: str
+
+
+def split_items(datamodule: Any, split: str) -> list[CorpusItem]:
+    """The b items of ``split`` in loader order.
+
+    Uses ``datamodule.b_texts(split) -> [(id, a_id, text), ...]`` when the data module defines it,
+    else the corpus of :class:`distill.data.ShapesDataModule`.
+    """
+    hook = getattr(datamodule, "b_texts", None)
+    if callable(hook):
+        return [CorpusItem(int(i), int(a), str(t)) for i, a, t in hook(split)]
+    datamodule.setup("test")
+    corpus = getattr(datamodule, "corpus", None)
+    if corpus is None or not hasattr(corpus, "caption_id"):
+        raise ValueError(
+            f"{type(datamodule).__name__} exposes no raw texts: give it a `b_texts(split)` method returning "
+            "(id, a_id, text) rows"
+        )
+    return [CorpusItem(int(corpus.caption_id(item.image_id, index)), int(item.image_id), caption)
+            for item in corpus.split(split) for index, caption in enumerate(item.captions)]
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:
+    encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side: str, max_length: int,
+                 chunk_size: int = 256, progress: bool = False) -> Iterator[Tensor]:
+    """``student.encode_<side>`` of ``texts``, ``chunk_size`` at a time: yields each chunk's ``[n, D]`` float32
+    (on the CPU) as it is encoded, so a caller keeps only what it makes of them (a filled array, sparse rows)."""
+    from tqdm.auto import tqdm
+
+    encode = getattr(student, f"encode_{side}")
+    with tqdm(total=len(texts), unit="text", desc=f"encoding {side}", disable=not progress) as bar:
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start:start + chunk_size]
+            with torch.no_grad():
+                encoded = encode(tokenize(tokenizer, chunk, max_length)).float().cpu()
+            yield encoded
+            bar.update(len(chunk))
+
+
+def load_image(path: str | os.PathLike[str], size: int, mean: float | Sequence[float],
+               std: float | Sequence[float]) -> dict[str, Tensor]:
+    """An image file -> ``{"pixel_values": [1, 3, size, size]}``, resized and normalised ``(x/255 - mean)/std``.
+
+    ``mean`` / ``std`` are scalars or per-channel (RGB) sequences.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(f"--image '{source}' does not exist")
+    try:
+        with Image.open(source) as image:
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise InputError(f"--image '{source}' is not an image Pillow can read ({type(error).__name__}): pass a "
+                         "PNG or JPEG file") from None
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    return {"pixel_values": ((pixels / 255.0 - mean_t) / std_t).unsqueeze(0)}
