@@ -40,7 +40,7 @@ def test_mine_then_fit_the_msmarco_recipe(tmp_path: Path, tiny_models, beir_dir:
         assert set(row["teacher_scores"]) == {*row["positive_ids"], *row["negative_ids"]}
     # The real all-MiniLM-L6-v2 student ranks the gold passage first, so its hard negatives are the next ones.
     cli = fit_and_check(["--config", RECIPE, *_data_args(beir_dir, tiny_models), "--trainer.fast_dev_run=true",
-                         "--trainer.logger=false", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4",
+                         "--trainer.logger=false", "--data.init_args.batch_size=5", "--data.init_args.eval_batch_size=4",
                          "--trainer.val_check_interval=1.0"])
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss/margin_mse"])
 

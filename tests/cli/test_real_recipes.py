@@ -59,6 +59,8 @@ REAL_RECIPES = ["coco/blip-itm-to-clip-cprd.yaml", "flickr/vilt-to-timm-bert-dcd
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda r: r.split("/")[0])
+# Without a logger the resumed run writes into the interrupted run's checkpoint folder, on purpose.
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
 def test_sigterm_and_resume_end_where_an_uninterrupted_run_ends(recipe: str, tmp_path: Path, tiny_models,
                                                                 image_text_data, beir_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,6 +130,23 @@ def test_msmarco_cross_encoder_to_minilm_margin_mse(tmp_path: Path, tiny_models,
          f"--data.init_args.teacher_tokenizer={tiny_models.cross_encoder}",
          "--data.init_args.passage_max_length=32", "--data.init_args.eval_batch_size=4",
          "--trainer.val_check_interval=1.0")
+
+
+def test_msmarco_sanity_check_scores_the_queries_it_encoded(tmp_path: Path, tiny_models, beir_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's sanity check (2 batches of 1 query out of 3 judged) and a validation limited to 2 batches
+    score the queries they encoded instead of stopping on the judged queries they did not reach."""
+    from distill.cli.recipe import DistillCLI
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(REPO_ROOT / "configs" / "msmarco/cross-encoder-to-minilm-margin-mse.yaml"),
+            *tiny_overrides("msmarco", tiny_models, {}, beir_dir), "--data.init_args.eval_batch_size=1",
+            "--trainer.max_steps=1", "--trainer.limit_val_batches=2", "--trainer.logger=false",
+            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}"]
+    cli = DistillCLI(args=args)
+    assert cli.trainer.num_sanity_val_steps == 2
+    assert cli.trainer.callback_metrics["val/queries"] == 2
 
 
 def test_recipe_with_missing_weights_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -36,6 +36,26 @@ def test_karpathy_batches_carry_teacher_views(image_text_data, tiny_models) -> N
     assert val["a_id"].tolist() == [6, 6, 7, 7, 8, 8] and val["b_id"].tolist() == list(range(12, 18))
 
 
+@pytest.mark.parametrize("evaluates_teacher", [False, True])
+def test_evaluation_batches_carry_teacher_pixels_only_when_the_teacher_ranks(image_text_data, tiny_models,
+                                                                            evaluates_teacher: bool) -> None:
+    """Evaluation keeps embeddings, so its batches leave the teacher's pixels out unless the module ranks with
+    the teacher's own embeddings; re-ranking still fetches the teacher's view of the items it scores."""
+    from types import SimpleNamespace
+
+    from distill.data.batch import teacher_views
+
+    module = _module(image_text_data, tiny_models, teacher_processor=str(tiny_models.blip))
+    module.trainer = SimpleNamespace(lightning_module=SimpleNamespace(evaluates_teacher_embeddings=evaluates_teacher))
+    val = next(iter(module.val_dataloader()))
+    assert ("teacher_a" in val) is evaluates_teacher and "teacher_b" in val  # captions stay: a few bytes each
+    store = module.item_store("val")
+    pixels = store.load_a(torch.tensor([7, 6]))["pixel_values"]
+    module.trainer = None
+    reference = teacher_views(next(iter(module.val_dataloader())))[0]["pixel_values"]
+    assert torch.equal(pixels, reference[[2, 0]])  # images 7 and 6 in the teacher's normalisation
+
+
 def test_jsonl_matches_karpathy(image_text_data, tiny_models) -> None:
     karpathy = _module(image_text_data, tiny_models)
     jsonl = _module(image_text_data, tiny_models, annotations=str(image_text_data["jsonl"]))

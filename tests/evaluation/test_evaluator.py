@@ -142,13 +142,27 @@ def test_chunked_memmapped_and_half_precision_buffers_rank_as_the_full_matrix(tm
     assert half["rsum"] == pytest.approx(reference["rsum"], abs=15.0)
 
 
-def test_teacher_scorer_scores_each_distinct_pair_once() -> None:
-    teacher = ShapesCrossEncoder(**TINY_TEACHER).freeze()
-    scorer = TeacherScorer(teacher, max_pairs=3)
-    pixels = {"pixel_values": torch.randn(2, 3, 32, 32)}
-    text = {"input_ids": torch.randint(4, 60, (3, 6)), "attention_mask": torch.ones(3, 6, dtype=torch.long)}
-    a_index, b_index = torch.tensor([0, 1, 0, 1, 0, 0]), torch.tensor([2, 0, 2, 1, 1, 2])
-    scores, distinct = scorer.score_unique(pixels, text, a_index, b_index)
-    assert distinct == 4 and scorer.calls == [3, 1]
-    direct = teacher.score({"pixel_values": pixels["pixel_values"][a_index]}, {k: v[b_index] for k, v in text.items()})
-    assert torch.allclose(scores, direct, atol=1e-5)
+@pytest.mark.slow
+def test_validation_under_ddp_equals_one_process() -> None:
+    """Two processes each encode their shard of the split (21 captions: the sampler pads one with a repeat); the
+    gathered, de-duplicated split gives the metrics of one process, two-stage re-ranking included."""
+    import warnings
+
+    from tests.helpers import TINY_DATA
+
+    data = ShapesDataModule(**{**TINY_DATA, "num_val": 7})
+    def run(devices: int) -> dict[str, float]:
+        torch.manual_seed(0)
+        module = DistillationModule(make_student(), ShapesCrossEncoder(**TINY_TEACHER), {"infonce": InfoNCE()},
+                                    evaluator=RecallEvaluator(two_stage_k=3, two_stage_at=("val",), diagnostics=False))
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_fork" if devices > 1 else "auto",
+                            logger=False, enable_progress_bar=False, enable_model_summary=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {key: float(value) for key, value in trainer.validate(module, datamodule=data,
+                                                                          verbose=False)[0].items()}
+
+    one, two = run(1), run(2)
+    assert one.keys() == two.keys() and "val/two_stage/rsum" in one
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, abs=1e-4), key

@@ -73,13 +73,13 @@ def _judged(datamodule: BeirTextDataModule, split: str) -> dict[int, list[int]]:
     from distill.data.beir_files import read_qrels
 
     path = datamodule.data_dir / "qrels" / f"{split}.tsv"
-    query_row = {key: row for row, key in enumerate(datamodule.query_ids)}
-    corpus_row = {key: row for row, key in enumerate(datamodule.corpus_ids)}
+    qrels = read_qrels(path)
     judged: dict[int, list[int]] = {}
-    for query, grades in read_qrels(path).items():
-        positives = [corpus_row[p] for p, grade in grades.items() if grade > 0 and p in corpus_row]
-        if query in query_row and positives:
-            judged[query_row[query]] = positives
+    for query, row in zip(qrels, datamodule.queries.rows_of(list(qrels))):
+        relevant = [p for p, grade in qrels[query].items() if grade > 0]
+        positives = [p for p in datamodule.corpus.rows_of(relevant) if p is not None]
+        if row is not None and positives:
+            judged[row] = positives
     if not judged:
         raise InputError(f"'{path}' has no query with a relevant passage in corpus.jsonl: nothing to mine")
     return judged
@@ -113,12 +113,13 @@ def mine_training_file(student: nn.Module, datamodule: BeirTextDataModule, out: 
     scores = _teacher_scores(teacher, datamodule, judged, negatives, teacher_max_pairs, run_device) \
         if teacher is not None else None
     lines = []
+    passage_id = datamodule.corpus.id_of
     for q in queries:
-        row: dict[str, Any] = {"query_id": datamodule.query_ids[q],
-                               "positive_ids": [datamodule.corpus_ids[p] for p in judged[q]],
-                               "negative_ids": [datamodule.corpus_ids[p] for p in negatives[q]]}
+        row: dict[str, Any] = {"query_id": datamodule.queries.id_of(q),
+                               "positive_ids": [passage_id(p) for p in judged[q]],
+                               "negative_ids": [passage_id(p) for p in negatives[q]]}
         if scores is not None:
-            row["teacher_scores"] = {datamodule.corpus_ids[p]: scores[(q, p)] for p in judged[q] + negatives[q]}
+            row["teacher_scores"] = {passage_id(p): scores[(q, p)] for p in judged[q] + negatives[q]}
         lines.append(json.dumps(row, sort_keys=True))
     atomic_write_bytes(Path(out), ("\n".join(lines) + "\n").encode())
     return {"queries": len(queries), "negatives": sum(len(v) for v in negatives.values()),

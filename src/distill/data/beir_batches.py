@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distill.data.common import TruncationLog, tokenize
+from distill.data.text_table import TextTable
 
 __all__ = ["BeirItemStore", "RowDataset", "TextCollator", "TrainItem", "TripleDataset"]
 
@@ -60,7 +62,7 @@ class TripleDataset(Dataset):
 class RowDataset(Dataset):
     """Rows of the query or corpus table, for evaluation loaders."""
 
-    def __init__(self, rows: list[int]) -> None:
+    def __init__(self, rows: Sequence[int]) -> None:
         self.rows = rows
 
     def __len__(self) -> int:
@@ -73,7 +75,7 @@ class RowDataset(Dataset):
 class TextCollator:
     """Tokenises queries / passages for the student and, when given, each text alone for the teacher."""
 
-    def __init__(self, queries: list[str], corpus: list[str], student_tokenizer: Any, query_max_length: int,
+    def __init__(self, queries: TextTable, corpus: TextTable, student_tokenizer: Any, query_max_length: int,
                  passage_max_length: int, teacher_tokenizer: Any | None, teacher_max_length: int,
                  truncation: dict[str, TruncationLog] | None = None) -> None:
         self.queries = queries
@@ -95,8 +97,8 @@ class TextCollator:
                         names=("text_ids", "text_mask"), truncation_log=self.truncation.get("teacher"))
 
     def train(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        queries = [self.queries[item["query"]] for item in items]
-        passages = [self.corpus[item["positive"]] for item in items]
+        queries = self.queries.texts(item["query"] for item in items)
+        passages = self.corpus.texts(item["positive"] for item in items)
         batch: dict[str, Any] = {
             "a": self._student(queries, "query"),
             "b": self._student(passages, "passage"),
@@ -104,15 +106,15 @@ class TextCollator:
             "b_id": torch.tensor([item["positive"] for item in items], dtype=torch.long),
         }
         negatives = [n for item in items for n in item.get("negatives", [])]
+        negative_texts = self.corpus.texts(negatives)
         if negatives:
-            texts = [self.corpus[n] for n in negatives]
-            batch["b_neg"] = self._student(texts, "passage")
+            batch["b_neg"] = self._student(negative_texts, "passage")
             batch["b_neg_id"] = torch.tensor(negatives, dtype=torch.long).view(len(items), -1)
         if self.teacher_tokenizer is not None:
             batch["teacher_a"] = self._teacher(queries)
             batch["teacher_b"] = self._teacher(passages)
             if negatives:
-                batch["teacher_b_neg"] = self._teacher([self.corpus[n] for n in negatives])
+                batch["teacher_b_neg"] = self._teacher(negative_texts)
         if all("scores" in item for item in items):
             batch["teacher_scores"] = torch.tensor([item["scores"] for item in items], dtype=torch.float32)
         return batch
@@ -122,11 +124,11 @@ class TextCollator:
         return self._teacher(texts) if self.teacher_tokenizer is not None else self._student(texts, side)
 
     def queries_batch(self, rows: list[int]) -> dict[str, Any]:
-        return {"a": self._student([self.queries[r] for r in rows], "query"),
+        return {"a": self._student(self.queries.texts(rows), "query"),
                 "a_id": torch.tensor(rows, dtype=torch.long)}
 
     def corpus_batch(self, rows: list[int]) -> dict[str, Any]:
-        return {"b": self._student([self.corpus[r] for r in rows], "passage"),
+        return {"b": self._student(self.corpus.texts(rows), "passage"),
                 "b_id": torch.tensor(rows, dtype=torch.long)}
 
 
@@ -137,7 +139,7 @@ class BeirItemStore:
         self.collator = collator
 
     def load_a(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.collator.teacher_view([self.collator.queries[int(i)] for i in ids.tolist()], "query")
+        return self.collator.teacher_view(self.collator.queries.texts(ids.tolist()), "query")
 
     def load_b(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.collator.teacher_view([self.collator.corpus[int(i)] for i in ids.tolist()], "passage")
+        return self.collator.teacher_view(self.collator.corpus.texts(ids.tolist()), "passage")

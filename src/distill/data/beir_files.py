@@ -4,51 +4,29 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from distill.data.common import DataError, DataFileNotFound, read_utf8, utf8_lines
+from distill.data.common import DataError, DataFileNotFound, read_utf8
+from distill.data.text_table import TextTable, json_line
 
-__all__ = ["jsonl_records", "read_qrels", "read_texts"]
+__all__ = ["TextTable", "jsonl_records", "read_qrels", "read_texts"]
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path.name}: line {number} is not valid JSON: {error}") from error
-        if not isinstance(record, dict):
-            raise DataError(f"{path.name}: line {number} is not a JSON object")
-        yield number, record
+    """``(line number, JSON object)`` for each non-blank line of a JSONL file."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            record = json_line(path, number, raw)
+            if record is not None:
+                yield number, record
 
 
-def read_texts(path: Path, use_title: bool = False) -> tuple[list[str], list[str], dict[str, int]]:
-    """``corpus.jsonl`` / ``queries.jsonl`` -> (ids, texts, id -> row). Titles are prepended when asked."""
-    if not path.is_file():
-        raise DataFileNotFound(f"'{path}' not found: data.init_args.data_dir must hold corpus.jsonl, queries.jsonl "
-                                "and qrels/<split>.tsv (the BEIR layout)")
-    ids: list[str] = []
-    texts: list[str] = []
-    rows: dict[str, int] = {}
-    for number, record in jsonl_records(path):
-        if "_id" not in record or "text" not in record:
-            raise DataError(f"{path.name}: line {number} needs '_id' and 'text' fields")
-        key = str(record["_id"])
-        if key in rows:
-            raise DataError(f"{path.name}: line {number} repeats _id '{key}'")
-        text = str(record["text"] or "").strip()
-        title = str(record.get("title") or "").strip()
-        if use_title and title:
-            text = f"{title} {text}".strip()
-        rows[key] = len(ids)
-        ids.append(key)
-        texts.append(text)
-    return ids, texts, rows
+def read_texts(path: Path, use_title: bool = False) -> TextTable:
+    """``corpus.jsonl`` / ``queries.jsonl`` as a :class:`TextTable` (ids and texts by row). Titles are prepended
+    when asked."""
+    return TextTable.read(path, use_title)
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, float]]:

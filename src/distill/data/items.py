@@ -133,6 +133,9 @@ def corpus_from_datamodule(datamodule: Any, split: str = "train") -> PairCorpus:
     datamodule = unwrap_datamodule(datamodule)
     loader = split_loader(datamodule, split)
     dataset = loader.dataset
+    with_teacher_view = getattr(dataset, "with_teacher_view", None)
+    if callable(with_teacher_view):  # evaluation loaders may leave the teacher's inputs out
+        dataset = with_teacher_view(True)
     collate = loader.collate_fn
     size = len(dataset)  # type: ignore[arg-type]
     if size == 0:

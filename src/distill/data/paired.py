@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -35,6 +36,7 @@ from distill.data.common import (
     model_max_length,
     same_tokenizer,
 )
+from distill.data.items import PairCorpus, PairItemStore
 from distill.data.paired_files import read_jsonl, read_karpathy
 from distill.data.sampling import resumable_train_loader
 from distill.pretrained import load_processor_parts
@@ -170,7 +172,19 @@ class PairedImageTextDataModule(L.LightningDataModule):
         self.teacher_image_canvas = teacher_image_canvas
         self.limit_per_split = limit_per_split
         self.bad_items = BadItems(on_bad_item, OWNER)
+        self._load_processors(student_processor, student_tokenizer, image_size, image_mean, image_std,
+                              teacher_processor, teacher_tokenizer, max_length, teacher_max_length)
+        self.datasets: dict[str, PairedImageTextDataset] = {}
+        self._kind = format
+        self.student_truncation = TruncationLog(OWNER, "captions", "data.init_args.max_length")
+        self.teacher_truncation = TruncationLog(OWNER, "captions (teacher tokens)",
+                                                "data.init_args.teacher_max_length")
 
+    def _load_processors(self, student_processor: str | None, student_tokenizer: str | None, image_size: int,
+                         image_mean: tuple[float, float, float], image_std: tuple[float, float, float],
+                         teacher_processor: str | None, teacher_tokenizer: str | None, max_length: int,
+                         teacher_max_length: int | None) -> None:
+        """Image transforms and tokenizers of the student and of the teacher (the student's when it has none)."""
         self.student_image, self.student_tokenizer = _student_parts(student_processor, student_tokenizer,
                                                                     image_size, image_mean, image_std)
         self.max_length = model_max_length(self.student_tokenizer, max_length)
@@ -178,11 +192,6 @@ class PairedImageTextDataModule(L.LightningDataModule):
                                                                     self.student_image, self.student_tokenizer)
         self.teacher_max_length = (model_max_length(self.teacher_tokenizer, teacher_max_length or max_length)
                                    if self.teacher_tokenizer is not None else None)
-        self.datasets: dict[str, PairedImageTextDataset] = {}
-        self._kind = format
-        self.student_truncation = TruncationLog(OWNER, "captions", "data.init_args.max_length")
-        self.teacher_truncation = TruncationLog(OWNER, "captions (teacher tokens)",
-                                                "data.init_args.teacher_max_length")
 
     # ------------------------------------------------------------------ setup
     def _read(self) -> dict[str, list[tuple[Path, list[str], int, list[int], str]]]:
@@ -260,13 +269,26 @@ class PairedImageTextDataModule(L.LightningDataModule):
                                f"{sorted(self.datasets)})")
         return self.datasets[split]
 
+    def _eval_teacher_view(self) -> bool:
+        """Whether evaluation batches carry the teacher's pixels: only when the module being evaluated asks
+        (``evaluates_teacher_embeddings``); without a module, as the training batches do."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        return bool(getattr(module, "evaluates_teacher_embeddings", True))
+
+    def item_store(self, stage: str) -> PairItemStore:
+        """The teacher's view of the ``stage`` split's items by id, for re-ranking and diagnostics."""
+        dataset = self.dataset("val" if stage == "validate" else stage).with_teacher_view(True)
+        a_ids = torch.tensor([record.a_id for record in dataset.records], dtype=torch.long)
+        b_ids = torch.tensor([record.b_id for record in dataset.records], dtype=torch.long)
+        return PairItemStore(PairCorpus.from_ids(dataset, self.collator, a_ids, b_ids))
+
     def _loader(self, split: str, batch_size: int, train: bool = False) -> DataLoader:
         dataset = self.dataset(split)
         if train:
             return resumable_train_loader(dataset, batch_size, self.seed, self.collator, self.num_workers,
                                           drop_last=len(dataset) > batch_size)
         return DataLoader(
-            dataset,
+            dataset.with_teacher_view(self._eval_teacher_view()),
             batch_size=batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -84,15 +84,23 @@ class PairedImageTextDataset(Dataset):
     """Caption-level items: decode the image once, return student (and teacher) pixels and the caption.
 
     ``__getitem__`` returns ``None`` for an unreadable image under ``on_bad_item: skip`` (the
-    collate function drops it).
+    collate function drops it). ``teacher_view``: whether items carry the teacher's pixels (evaluation
+    batches leave them out unless the teacher ranks with its own embeddings: at BLIP's 384 px they are
+    three quarters of a batch; re-ranking fetches the few it scores through :meth:`with_teacher_view`).
     """
 
     def __init__(self, records: list[PairRecord], student_image: Any, teacher_image: Any | None,
-                 bad_items: BadItems) -> None:
+                 bad_items: BadItems, teacher_view: bool = True) -> None:
         self.records = records
         self.student_image = student_image
         self.teacher_image = teacher_image
         self.bad_items = bad_items
+        self.teacher_view = teacher_view
+
+    def with_teacher_view(self, teacher_view: bool = True) -> "PairedImageTextDataset":
+        """The same items, with or without the teacher's pixels."""
+        return PairedImageTextDataset(self.records, self.student_image, self.teacher_image, self.bad_items,
+                                      teacher_view)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -118,7 +126,7 @@ class PairedImageTextDataset(Dataset):
             item["pixels"] = {"pixel_values": self.student_image(image)}
         else:
             item["pixels"] = _hf_image(self.student_image, image)
-        if self.teacher_image is not None:
+        if self.teacher_image is not None and self.teacher_view:
             item["teacher_pixels"] = _hf_image(self.teacher_image, image)
         return item
 

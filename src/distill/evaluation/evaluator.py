@@ -48,7 +48,9 @@ class EvalContext:
     ``scorer``: the teacher (``None``: no two-stage, teacher rows or diagnostics); ``items``: builds the data
     module's item store (called only when the teacher scores something); ``relevance``: the stage's
     judgments (qrels evaluators); ``num_negatives``: K of the diagnostics; ``log_figure(tag, figure)``;
-    ``embedding_stats(embeddings) -> {name: value}`` (sparse students: non-zeros per vector).
+    ``embedding_stats(embeddings) -> {name: value}`` (sparse students: non-zeros per vector); ``partial``: only
+    some batches of the split were encoded (Lightning's sanity check, ``limit_*_batches``, ``fast_dev_run``),
+    so metrics cover the encoded queries only.
     """
 
     stage: str
@@ -59,6 +61,7 @@ class EvalContext:
     log_figure: Callable[[str, Any], None] | None = None
     embedding_stats: Callable[[Tensor], Mapping[str, Any]] | None = None
     device: torch.device | str = "cpu"
+    partial: bool = False
 
 
 class RetrievalEvaluator:

@@ -21,18 +21,20 @@ PairScorer = Callable[[Tensor, Tensor], Tensor]
 
 
 @torch.no_grad()
-def rerank(ranked: Tensor, depth: int, score_pairs: PairScorer, rows_per_call: int = 256) -> tuple[Tensor, int]:
+def rerank(ranked: Tensor, depth: int, score_pairs: PairScorer, pairs_per_call: int = 1 << 20) -> tuple[Tensor, int]:
     """Re-order the first ``depth`` entries of every row of ``ranked [N, k]`` (column positions, ``-1``
     padding) by ``score_pairs``, descending; ties keep the first-stage order.
 
-    Under DDP each process scores every ``W``-th block of rows and the lists are gathered, so the
-    second stage's cost is split across processes. Returns the new lists and the pairs scored (all
-    processes together).
+    ``score_pairs`` receives blocks of rows with up to ``pairs_per_call`` pairs (a few MB of indices), large
+    enough for the scorer to group pairs that share an item (see :meth:`TeacherScorer.score_loaded`). Under
+    DDP each process scores every ``W``-th block and the lists are gathered, so the second stage's cost is
+    split across processes. Returns the new lists and the pairs scored (all processes together).
     """
     depth = min(depth, ranked.shape[1])
     out = ranked.clone()
     if depth == 0 or ranked.shape[0] == 0:
         return out, 0
+    rows_per_call = max(1, min(pairs_per_call // depth, -(-ranked.shape[0] // distributed.world_size())))
     blocks = list(range(0, ranked.shape[0], rows_per_call))
     mine = blocks[distributed.rank()::distributed.world_size()]
     done_rows, done_lists, pairs = [], [], 0

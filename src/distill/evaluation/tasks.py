@@ -93,7 +93,11 @@ class QrelsEvaluator(RetrievalEvaluator):
     def metrics(self, split: EncodedSplit, lists: Mapping[str, Tensor], ctx: EvalContext) -> dict[str, float]:
         ranked = lists["a2b"]
         ids = torch.where(ranked >= 0, split.b_ids[ranked.clamp(min=0)], torch.full_like(ranked, -1))
-        return qrels_metrics(ids, split.a_ids, self._relevance(ctx), split.b_ids[split.b_keep],
+        relevance = self._relevance(ctx)
+        if ctx.partial:  # a sanity check or limited batches: score the queries that were encoded
+            encoded = set(split.a_ids.tolist())
+            relevance = {query: judged for query, judged in relevance.items() if query in encoded}
+        return qrels_metrics(ids, split.a_ids, relevance, split.b_ids[split.b_keep],
                              self.mrr_k, self.ndcg_k, self.recall_k)
 
     def positives(self, split: EncodedSplit, ctx: EvalContext) -> KeyMask:

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from distill.inputs import Inputs
+from distill.errors import RunError
+from distill.inputs import Inputs, to_device
 
 TEACHER_PRECISIONS: dict[str, torch.dtype] = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -101,7 +102,7 @@ class TeacherScorer:
         with self.autocast():
             for part in self.chunks(int(a_index.numel())):
                 self.calls.append(part.stop - part.start)
-                parts.append(self.teacher.score_pairs(a, b, a_index[part], b_index[part]).float())
+                parts.append(self._finite(self.teacher.score_pairs(a, b, a_index[part], b_index[part]).float()))
         return torch.cat(parts) if parts else torch.zeros(0, device=a_index.device)
 
     @torch.no_grad()
@@ -114,19 +115,38 @@ class TeacherScorer:
     @torch.no_grad()
     def score_loaded(self, load_a: Callable[[Tensor], Inputs], load_b: Callable[[Tensor], Inputs],
                      a_items: Tensor, b_items: Tensor) -> Tensor:
-        """Scores ``[P]`` of pairs of items fetched on demand: per chunk of ``max_pairs`` pairs, only that
-        chunk's distinct items are loaded (``load_a(ids) -> Inputs`` of those items, in order)."""
-        parts = []
+        """Scores ``[P]`` (on the CPU) of pairs of items fetched on demand.
+
+        The pairs are grouped by their a item (then b item) before they are cut into chunks of ``max_pairs``,
+        so a chunk holds as few distinct a items (images, the costly side) as the requests allow: a
+        caption->image re-rank whose lists share images encodes each image about once per chunk it spans,
+        not once per caption. Per chunk only its distinct items are loaded (``load_a(ids) -> Inputs`` of
+        those items, in order) and moved to the teacher's device.
+        """
+        parameter = next(self.teacher.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        order = torch.argsort(b_items, stable=True)
+        order = order[torch.argsort(a_items[order], stable=True)]
+        a_sorted, b_sorted = a_items[order], b_items[order]
+        scores = torch.zeros(int(a_items.numel()))
         for part in self.chunks(int(a_items.numel())):
-            a_ids, a_local = torch.unique(a_items[part], return_inverse=True)
-            b_ids, b_local = torch.unique(b_items[part], return_inverse=True)
-            a_inputs, b_inputs = load_a(a_ids), load_b(b_ids)
+            a_ids, a_local = torch.unique(a_sorted[part], return_inverse=True)
+            b_ids, b_local = torch.unique(b_sorted[part], return_inverse=True)
+            a_inputs, b_inputs = to_device(load_a(a_ids), device), to_device(load_b(b_ids), device)
             with self.autocast():
                 self.calls.append(part.stop - part.start)
-                device = next(iter(a_inputs.values())).device
-                parts.append(self.teacher.score_pairs(a_inputs, b_inputs, a_local.to(device),
-                                                      b_local.to(device)).float().cpu())
-        return torch.cat(parts) if parts else torch.zeros(0)
+                scores[order[part]] = self._finite(self.teacher.score_pairs(
+                    a_inputs, b_inputs, a_local.to(device), b_local.to(device)).float()).cpu()
+        return scores
+
+    def _finite(self, scores: Tensor) -> Tensor:
+        """``scores``, or a one-line error naming ``teacher_precision`` when reduced precision broke them."""
+        if self.precision != "32" and not bool(torch.isfinite(scores).all()):
+            bad = int((~torch.isfinite(scores)).sum())
+            raise RunError(f"{bad} of {scores.numel()} teacher scores are NaN or infinite in teacher_precision "
+                           f"{self.precision} (the teacher's activations leave that format's range): set "
+                           "model.init_args.teacher_precision to bf16 (float32's range) or 32")
+        return scores
 
     @torch.no_grad()
     def embed(self, side: str, inputs: Inputs) -> Tensor:

@@ -260,9 +260,15 @@ class DistillationModule(L.LightningModule):
         return total
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def evaluates_teacher_embeddings(self) -> bool:
+        """Whether evaluation batches must carry the teacher's inputs (the teacher's own first stage); data
+        modules read it to leave the teacher's view out of evaluation batches otherwise."""
+        return self.evaluator.wants_teacher_embeddings(self.scorer)
+
     def _eval_update(self, batch: Mapping[str, Any]) -> None:
         self.evaluator.update("student", batch, self.student.encode_a, self.student.encode_b)
-        if self.evaluator.wants_teacher_embeddings(self.scorer):
+        if self.evaluates_teacher_embeddings:
             assert self.scorer is not None
             scorer = self.scorer
             self.evaluator.update("teacher", batch, lambda x: scorer.embed("a", x), lambda x: scorer.embed("b", x),
@@ -276,15 +282,29 @@ class DistillationModule(L.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
 
         def log_figure(tag: str, figure: Any) -> None:
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure(f"{stage}/{tag}", figure, global_step=self.global_step)
+            import matplotlib.pyplot as plt
+
+            try:
+                experiment.add_figure(f"{stage}/{tag}", figure, global_step=self.global_step, close=False)
+            finally:
+                plt.close(figure)
 
         return EvalContext(
             stage=stage, scorer=self.scorer, items=lambda: item_store(datamodule, stage),
             relevance=(lambda: relevance(stage)) if callable(relevance) else None,
-            num_negatives=self.num_hard_negatives, log_figure=log_figure,
+            num_negatives=self.num_hard_negatives,
+            log_figure=log_figure if hasattr(experiment, "add_figure") else None,
             embedding_stats=getattr(self.student, "embedding_stats", None), device=self.device,
+            partial=self._evaluates_part_of(stage),
         )
+
+    def _evaluates_part_of(self, stage: str) -> bool:
+        """Whether this evaluation encodes only some batches: the sanity check, ``fast_dev_run`` or a limit."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        limit = trainer.limit_test_batches if stage == "test" else trainer.limit_val_batches
+        return bool(trainer.sanity_checking or trainer.fast_dev_run) or limit != 1.0
 
     def _eval_epoch_end(self, stage: str) -> Results:
         results = self.evaluator.compute(self.eval_context(stage))
