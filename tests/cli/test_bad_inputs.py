@@ -53,7 +53,7 @@ class Assets:
             "num_train": 16, "num_val": 4, "num_test": 4, "image_size": 32, "batch_size": 8}}))
         self.index = root / "index"
         index_main(["--student", str(self.export), "--data", str(self.data_yaml), "--out", str(self.index),
-                    "--no-progress"])
+                    "--backend", "numpy", "--no-progress"])
         self.images = write_image_text_data(root / "images", {"train": 4, "val": 2, "test": 2})
         self.tokenizer = root / "tokenizer"
         bert_tokenizer(self.tokenizer, model_max_length=64).save_pretrained(self.tokenizer)
@@ -352,7 +352,7 @@ CASES = [
     Case("mine-image-text-recipe", command("mine", "--config", str(DEMO / "shapes-infonce.yaml"),
                                            "--out", "{tmp}/train.jsonl", *TINY[:6]),
          r"mining needs a BEIR text data module, not ShapesDataModule"),
-    Case("demo-no-recipes", command("demo", "--configs", "{tmp}/nope"), r"no recipes in '.*nope'"),
+    Case("demo-no-recipes", command("demo", "--configs", "{tmp}/nope"), r"no demo recipes in '.*nope'"),
     Case("unknown-option", command("index", "--student", "x", "--data", "y", "--out", "z", "--frobnicate"),
          r"unrecognized arguments: --frobnicate"),
 ]
@@ -429,3 +429,35 @@ def test_every_case_is_documented() -> None:
 def test_cases_cover_every_command() -> None:
     commands = {case.id.split("-")[0] for case in CASES}
     assert {"fit", "validate", "paired", "beir", "export", "index", "search", "cache", "mine", "demo"} <= commands
+
+
+@pytest.mark.slow
+# The resumed run writes into the checkpoint folder of the run it resumes (on purpose).
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last_checkpoint(
+        assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`disk-full-checkpoint`: the save that runs out of space fails in one line (exit 1, a failure at run time,
+    not bad input) and the checkpoint written before it stays complete and loadable."""
+    import errno
+
+    import distill.training.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    args = fit("shapes-infonce.yaml")(assets, tmp_path) + ["--trainer.max_steps=4", "--trainer.max_epochs=4",
+                                                            "--data.init_args.num_train=8"]
+    main([*args, f"--trainer.default_root_dir={run}", "--trainer.max_steps=2"])
+    last = next(run.rglob("last.ckpt"))
+    before = last.read_bytes()
+
+    def full_disk(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(last))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, f"--trainer.default_root_dir={run}", "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("distill: error:")]
+    assert exit_info.value.code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith(f"distill: error: no space left on the device while writing '{last}'")
+    assert last.read_bytes() == before
+    torch.load(last, weights_only=True)

@@ -163,6 +163,7 @@ def test_a_remote_checkpoint_never_runs_code(recipe: str, tmp_path: Path, capsys
         line = error_line(capsys, ["fit", "--config", str(REPO_ROOT / "configs" / recipe), f"--ckpt_path={url}"])
     finally:
         server.shutdown()
+        server.server_close()
     assert line == (f"distill: error: --ckpt_path '{url}' is a remote address; distill reads checkpoints from local "
                     "files only: download it, check where it came from, and pass the local path")
     assert not marker.exists() and not (tmp_path / "torch-home").exists()

@@ -43,6 +43,8 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], seconds: float) -> N
 
 
 @pytest.mark.slow
+# Resuming writes a new log version, so Lightning notes that the checkpoint folder moved (expected here).
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from:UserWarning")
 def test_sigterm_mid_fit_saves_last_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     # Interrupted run: a separate process that gets SIGTERM in the middle of epoch 1.
     interrupted = tmp_path / "interrupted"
