@@ -1,8 +1,16 @@
 """Quality benchmark: every distillation loss on the shapes benchmark, same budget, several seeds.
 
-    python benchmarks/quality.py                       # all recipes x 3 seeds, writes docs/benchmarks.md
+    python benchmarks/quality.py                       # row split: all recipes x 3 seeds, writes docs/benchmarks.md
+    python benchmarks/quality.py --suite grid          # the 3x3-grid split and its size-matched teacher
     python benchmarks/quality.py --recipes infonce cprd --seeds 0 --max-steps 50   # a quick look
     python benchmarks/quality.py --pretrain-steps 0    # every run from the preset's random initialisation
+    python benchmarks/quality.py --recipes cprd --seeds 0 --tag T0.1 \
+        --override=--model.init_args.losses.cprd.init_args.temperature=0.1   # one setting of a sweep
+
+A suite is a family of recipes in ``configs/demo`` (``grid-<recipe>.yaml`` for the grid split and its matched
+teacher, ``shapes-<recipe>.yaml`` for the original row split), its teacher weights, results folder and
+section of docs/benchmarks.md. ``--tag`` names a run made with extra ``--override`` settings: its results
+are kept apart from the untagged runs and listed, with the full command, in the sweep table of the report.
 
 Protocol (the CPRD and DCD papers distil into pre-trained CLIP students, and SPLADE into a pre-trained
 MLM, not random ones): a starting student is first trained once with InfoNCE alone for
@@ -35,8 +43,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from distill.cli.recipe import DistillCLI  # noqa: E402
 from distill.io import atomic_write_json  # noqa: E402
-from distill.cli.report import COLUMNS, format_markdown_table, mean_std_rows, print_table, update_markdown_section  # noqa: E402
+from distill.cli.report import COLUMNS, HEADERS, format_markdown_table, mean_std_rows, print_table, update_markdown_section  # noqa: E402
 
+SUITES = {  # recipe prefix, teacher weights, results folder, markdown section
+    "row": ("shapes", "artifacts/shapes-teacher", "runs/quality", "quality"),
+    "grid": ("grid", "artifacts/shapes-grid-teacher", "runs/quality-grid", "quality-grid"),
+}
 RECIPES = {
     "infonce": "InfoNCE only",
     "kl": "+ logit KL",
@@ -44,11 +56,14 @@ RECIPES = {
     "cosine": "+ cosine embedding",
     "dcd": "+ DCD",
     "cprd": "+ CPRD",
+    "best": "+ best combination (grid-best.yaml)",
+    "cached-cprd": "+ CPRD, candidates and scores from the teacher cache",
     # Sparse (SPLADE/LexLIP-style) students: students/shapes-sparse.yaml
     "sparse-infonce": "sparse student: InfoNCE + FLOPS",
     "sparse-kl": "sparse student: + logit KL",
 }
-DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd"]
+DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd", "best"]
+TWO_STAGE_NAMES = {"cprd": "CPRD", "best": "best-combination"}
 SPARSE_RECIPES = ["sparse-infonce", "sparse-kl"]
 
 
@@ -57,14 +72,20 @@ def starting_recipe(recipe: str) -> str:
     return "sparse-infonce" if recipe in SPARSE_RECIPES else "infonce"
 
 
+def recipe_path(recipe: str, args: argparse.Namespace) -> Path:
+    """``configs/demo/<suite prefix>-<recipe>.yaml``."""
+    return REPO / "configs" / "demo" / f"{SUITES[args.suite][0]}-{recipe}.yaml"
+
+
 def run_name(recipe: str, seed: int, args: argparse.Namespace) -> str:
     start = f"-from{args.pretrain_steps}s{args.pretrain_seed}" if args.pretrain_steps else ""
-    return f"{recipe}-seed{seed}-steps{args.max_steps}{start}"
+    tag = f"-{args.tag}" if args.tag else ""
+    return f"{recipe}{tag}-seed{seed}-steps{args.max_steps}{start}"
 
 
 def training_overrides(recipe: str, seed: int, steps: int, name: str, args: argparse.Namespace) -> list[str]:
     return [
-        "fit", "--config", str(REPO / "configs" / "demo" / f"shapes-{recipe}.yaml"),
+        "fit", "--config", str(recipe_path(recipe, args)),
         f"--seed_everything={seed}", f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
         f"--trainer.logger.init_args.save_dir={args.run_dir}", f"--trainer.logger.init_args.name=quality-{name}",
@@ -93,46 +114,57 @@ def pretrain(recipe: str, args: argparse.Namespace, results_dir: Path) -> tuple[
 
 
 def run_recipe(recipe: str, seed: int, args: argparse.Namespace, student_init: Path | None) -> dict[str, dict[str, float]]:
+    """Train and test one run; returns ``cli.model.test_results`` (student, and teacher / two-stage when asked)."""
     overrides = training_overrides(recipe, seed, args.max_steps, f"{recipe}-s{seed}", args)
     if student_init is not None:
         overrides.append(f"--model.init_args.student_init={student_init}")
-    recipe_text = (REPO / "configs" / "demo" / f"shapes-{recipe}.yaml").read_text()
-    if "shapes-cross-encoder.yaml" in recipe_text:  # the recipe has a teacher
+    recipe_text = recipe_path(recipe, args).read_text()
+    if "cross-encoder.yaml" in recipe_text:  # the recipe has a teacher
         overrides.append(f"--model.init_args.teacher.init_args.weights={args.teacher_dir}")
         # The teacher's own ranking does not depend on the student: evaluate it once.
-        evaluate_teacher = recipe == "cprd" and seed == args.seeds[0]
+        evaluate_teacher = recipe == "cprd" and seed == args.seeds[0] and not args.tag
         overrides.append(f"--model.init_args.evaluator.init_args.evaluate_teacher={str(evaluate_teacher).lower()}")
         # Two-stage re-ranking is reported for the CPRD student only (it costs teacher passes).
-        overrides.append(f"--model.init_args.evaluator.init_args.two_stage_k={16 if recipe == 'cprd' else 0}")
+        two_stage = recipe in ("cprd", "best") and not args.tag
+        overrides.append(f"--model.init_args.evaluator.init_args.two_stage_k={16 if two_stage else 0}")
     cli = DistillCLI(args=overrides + list(args.override))
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     return cli.model.test_results
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=DENSE_RECIPES + SPARSE_RECIPES, choices=list(RECIPES))
+    parser.add_argument("--suite", default="row", choices=sorted(SUITES), help="recipe family (see above)")
+    parser.add_argument("--recipes", nargs="+", default=None, choices=list(RECIPES),
+                        help="default: every recipe the suite has")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=150, help="training steps per run (same for every loss)")
     parser.add_argument("--pretrain-steps", type=int, default=300,
                         help="InfoNCE steps of the shared starting student (0: every run starts from scratch)")
     parser.add_argument("--pretrain-seed", type=int, default=0, help="seed of the starting student")
-    parser.add_argument("--teacher-dir", default=str(REPO / "artifacts" / "shapes-teacher"))
+    parser.add_argument("--teacher-dir", default=None, help="default: the suite's teacher weights")
     parser.add_argument("--run-dir", default=str(REPO / "runs"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
-    parser.add_argument("--results-dir", default=str(REPO / "runs" / "quality"), help="per-run JSON results")
-    parser.add_argument("--report-only", action="store_true", help="only build the table from saved runs")
+    parser.add_argument("--results-dir", default=None, help="per-run JSON results (default: the suite's)")
+    parser.add_argument("--report-only", action="store_true", help="only build the tables from saved runs")
+    parser.add_argument("--tag", default="", help="name of a sweep setting (runs with --override settings)")
     parser.add_argument("--override", action="append", default=[],
                         help="an extra LightningCLI override for every run, e.g. --override=--data.init_args.batch_size=32")
     args = parser.parse_args()
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    prefix, teacher_dir, results_dir, _ = SUITES[args.suite]
+    args.teacher_dir = args.teacher_dir or str(REPO / teacher_dir)
+    args.results_dir = args.results_dir or str(REPO / results_dir)
+    if args.recipes is None:
+        args.recipes = [r for r in DENSE_RECIPES + SPARSE_RECIPES
+                        if (REPO / "configs" / "demo" / f"{prefix}-{r}.yaml").is_file()]
+    if args.tag and args.report_only:
+        parser.error("--tag names runs to train; --report-only reads every tagged run in --results-dir")
+    return args
 
-    student_runs: dict[str, list[dict[str, float]]] = {}
-    teacher_runs: list[dict[str, float]] = []
-    two_stage_runs: list[dict[str, float]] = []
-    seconds: dict[str, float] = {}
-    starts = {start: pretrain(start, args, results_dir) for start in dict.fromkeys(map(starting_recipe, args.recipes))}
+
+def collect(args: argparse.Namespace, results_dir: Path, starts: dict) -> dict[str, dict]:
+    """Train (or read) every recipe x seed run; returns the per-recipe results, teacher rows and timings."""
+    found: dict[str, dict] = {"student": {}, "teacher": [], "teacher_itc": [], "two_stage": {}, "seconds": {}}
     for recipe in args.recipes:
         student_init = starts[starting_recipe(recipe)][0]
         timings: list[float] = []
@@ -143,42 +175,65 @@ def main() -> None:
             elif args.report_only:
                 continue
             else:
-                print(f"[quality] {recipe} seed {seed}", flush=True)
+                print(f"[quality] {recipe}{' ' + args.tag if args.tag else ''} seed {seed}", flush=True)
                 run_start = time.perf_counter()
                 results = run_recipe(recipe, seed, args, student_init)
                 results["seconds"] = {"train_and_test": time.perf_counter() - run_start}
+                results["run"] = {"recipe": recipe, "seed": seed, "tag": args.tag, "command": command_of(args, recipe, seed)}
                 atomic_write_json(saved, results)
-            student_runs.setdefault(RECIPES[recipe], []).append(results["student"])
+            found["student"].setdefault(RECIPES[recipe], []).append(results["student"])
             timings.append(results["seconds"]["train_and_test"])
-            if "teacher" in results and not teacher_runs:
-                teacher_runs.append(results["teacher"])
-            if recipe == "cprd" and "two_stage" in results:
-                two_stage_runs.append(results["two_stage"])
+            for key in ("teacher", "teacher_itc"):
+                if key in results and not found[key]:
+                    found[key].append(results[key])
+            if "two_stage" in results:
+                found["two_stage"].setdefault(recipe, []).append(results["two_stage"])
         if timings:
-            seconds[recipe] = statistics.fmean(timings)
+            found["seconds"][recipe] = statistics.fmean(timings)
+    return found
 
-    # Dense rows (teacher, starting student, losses, two-stage), then the sparse ones (starting student, losses).
+
+def command_of(args: argparse.Namespace, recipe: str, seed: int) -> str:
+    """The command that trains one run alone."""
+    parts = ["python benchmarks/quality.py", f"--suite {args.suite}", f"--recipes {recipe}", f"--seeds {seed}"]
+    if args.max_steps != 150:
+        parts.append(f"--max-steps {args.max_steps}")
+    if args.pretrain_steps != 300:
+        parts.append(f"--pretrain-steps {args.pretrain_steps}")
+    if args.tag:
+        parts.append(f"--tag {args.tag}")
+    return " ".join(parts + [f"--override={item}" for item in args.override])
+
+
+def table_rows(args: argparse.Namespace, found: dict, starts: dict) -> list:
+    """Teacher rows, then each family's starting student, loss rows (mean ± sd) and two-stage row."""
     rows = []
-    if teacher_runs:
-        rows.append(("teacher (ITC top-16 + ITM re-rank)", {k: f"{teacher_runs[0][k]:.1f}" for k in COLUMNS}))
+    if found["teacher"]:
+        rows.append(("teacher (ITC top-16 + ITM re-rank)", {k: f"{found['teacher'][0][k]:.1f}" for k in COLUMNS}))
+    if found["teacher_itc"]:
+        rows.append(("teacher's ITC half alone", {k: f"{found['teacher_itc'][0][k]:.1f}" for k in COLUMNS}))
     for family in (DENSE_RECIPES, SPARSE_RECIPES):
-        family_runs = {RECIPES[r]: student_runs[RECIPES[r]] for r in family if RECIPES[r] in student_runs}
+        family_runs = {RECIPES[r]: found["student"][RECIPES[r]] for r in family if RECIPES[r] in found["student"]}
         starting_student = starts.get(starting_recipe(family[0]), (None, None))[1]
         if starting_student is not None and family_runs:
             kind = "sparse starting student" if family is SPARSE_RECIPES else "starting student"
             rows.append((f"{kind} (InfoNCE, {args.pretrain_steps} steps)",
                          {k: f"{starting_student[k]:.1f}" for k in COLUMNS}))
         rows.extend(mean_std_rows(family_runs))
-        if family is DENSE_RECIPES and two_stage_runs:
-            rows.extend(mean_std_rows({"two-stage: CPRD student top-16 re-ranked by teacher": two_stage_runs}))
-    print_table(rows, title=f"Shapes test split, {args.max_steps} steps, seeds {args.seeds}")
+        if family is DENSE_RECIPES:
+            rows.extend(mean_std_rows({f"two-stage: {TWO_STAGE_NAMES[recipe]} student top-16 re-ranked by teacher": runs
+                                       for recipe, runs in found["two_stage"].items()}))
+    return rows
 
-    pretrained = any(student_init is not None for student_init, _ in starts.values())
+
+def table_notes(args: argparse.Namespace, found: dict, pretrained: bool) -> list[str]:
     start = (f"each from the same starting student of its kind (InfoNCE alone for {args.pretrain_steps} steps, seed "
              f"{args.pretrain_seed})" if pretrained else "each from the preset's random initialisation")
     notes = [f"Budget: {args.max_steps} training steps per run (batch 64), {start}; seeds {args.seeds} "
              "(the seed sets the batch order and the loss heads' initialisation); same data for every loss.",
-             "Mean seconds per run: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + "."]
+             "Mean seconds per run: " + ", ".join(f"{k} {v:.0f}s" for k, v in found["seconds"].items()) + "."]
+    student_runs, teacher_runs = found["student"], found["teacher"]
+    two_stage_runs = next(iter(found["two_stage"].values()), [])
     for name, runs in student_runs.items():
         if runs and "a_nnz" in runs[0]:
             a_nnz = statistics.fmean(r["a_nnz"] for r in runs)
@@ -202,19 +257,55 @@ def main() -> None:
     if sparse_base and sparse_kl and len(sparse_base) == len(sparse_kl):
         gains = ", ".join(f"{kl['rsum'] - base['rsum']:+.1f}" for base, kl in zip(sparse_base, sparse_kl))
         notes.append(f"Sparse student, RSUM of logit KL minus InfoNCE alone, seed by seed: {gains}.")
+    return notes
+
+
+def sweep_table(results_dir: Path) -> str:
+    """Every tagged run saved in ``results_dir``: its setting, recipe, seed, recall and command."""
+    runs = []
+    for path in sorted(results_dir.glob("*.json")):
+        saved = json.loads(path.read_text())
+        run = saved.get("run", {})
+        if run.get("tag"):
+            runs.append((run, saved["student"]))
+    if not runs:
+        return ""
+    lines = ["| setting | recipe | seed | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 3) + "|"]
+    lines += [f"| {run['tag']} | {run['recipe']} | {run['seed']} | " + " | ".join(f"{student[k]:.1f}" for k in COLUMNS)
+              + " |" for run, student in runs]
+    commands = "\n".join(f"- {run['tag']}, seed {run['seed']}: `{run['command']}`" for run, _ in runs)
+    return "### Settings sweep (one run per line)\n\n" + "\n".join(lines) + "\n\nCommands:\n\n" + commands + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    starts = {start: pretrain(start, args, results_dir) for start in dict.fromkeys(map(starting_recipe, args.recipes))}
+    found = collect(args, results_dir, starts)
+    rows = table_rows(args, found, starts)
+    print_table(rows, title=f"Shapes test split ({args.suite}), {args.max_steps} steps, seeds {args.seeds}")
+    pretrained = any(student_init is not None for student_init, _ in starts.values())
+    notes = table_notes(args, found, pretrained)
     for note in notes:
         print(note)
+    if args.tag:
+        print("[quality] tagged runs are reported by --report-only (sweep table); docs not written")
+        return
     shown = [arg for arg in sys.argv[1:] if arg != "--report-only"]
     command = "python benchmarks/quality.py " + " ".join(shown)
     if args.report_only:
         notes.append("Table built with `--report-only` from the runs saved in `--results-dir` (the runs may have been "
                       "split over several processes with `--recipes`, one per core, OMP_NUM_THREADS=1).")
+    section_name = SUITES[args.suite][3]
+    split = "grid split, matched teacher" if args.suite == "grid" else "original row split"
     if pretrained:
-        title, name = "## Loss comparison (quality): distilling into a pre-trained student", "quality"
+        title = f"## Loss comparison (quality, {split}): distilling into a pre-trained student"
     else:
-        title, name = "## Loss comparison from scratch", "quality-scratch"
+        title, section_name = f"## Loss comparison from scratch ({split})", f"{section_name}-scratch"
     section = title + "\n\n" + format_markdown_table(rows, command=command.strip(), extra=notes)
-    update_markdown_section(args.markdown, name, section)
+    sweep = sweep_table(results_dir) if pretrained else ""
+    update_markdown_section(args.markdown, section_name, section + ("\n\n" + sweep if sweep else ""))
     print(f"[quality] wrote {args.markdown}")
 
 

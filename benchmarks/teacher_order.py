@@ -1,11 +1,13 @@
 """How much ranking signal does the teacher give about a student's hard negatives? (shapes test split)
 
     python benchmarks/teacher_order.py --student-ckpt runs/quality/pretrain-infonce-seed0-steps300.ckpt
+    python benchmarks/teacher_order.py --suite grid --student-ckpt runs/quality-grid/pretrain-infonce-seed0-steps300.ckpt
 
 For each of ``--anchors`` test anchors per direction, the student's top-``--k`` negatives (other
 captions of the anchor's image excluded) are scored by the teacher (its pair score, ITM + ITC, and its
 ITC cosine alone) and compared with a ground truth the generator knows: the number of attributes
-(size, colour, shape) that the candidate's scene shares with the anchor's, position by position (0-9).
+(size, colour, shape) that the candidate's scene shares with the anchor's, object by object (row split: the
+same position from the left; grid split: the same cell).
 Reported: mean Spearman correlation per anchor of each score with that overlap and with each other,
 the share of the negatives that are binding twins of the anchor, and the Plackett-Luce (CPRD) loss of
 the student's scores under the teacher's order next to its value for a random order. This is the
@@ -24,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from distill.cli.recipe import DistillCLI  # noqa: E402
-from distill.data.shapes import Signature, are_twins  # noqa: E402
+from distill.data.shapes import layout_are_twins, signature_overlap  # noqa: E402
 from distill.evaluation.diagnostics import spearman_per_row  # noqa: E402
 from distill.inputs import concat_inputs  # noqa: E402
 from distill.losses.cprd import cprd_loss  # noqa: E402
@@ -32,9 +34,8 @@ from distill.cli.report import update_markdown_section  # noqa: E402
 from distill.students.weights import load_student_weights  # noqa: E402
 
 
-def attribute_overlap(first: Signature, second: Signature) -> int:
-    """Attributes (size, colour, shape) two scenes share at the same left-to-right position."""
-    return sum((x.size == y.size) + (x.color == y.color) + (x.shape == y.shape) for x, y in zip(first, second))
+SUITES = {"grid": ("grid-cprd.yaml", "artifacts/shapes-grid-teacher"),
+          "row": ("shapes-cprd.yaml", "artifacts/shapes-teacher")}
 
 
 @torch.no_grad()
@@ -51,7 +52,7 @@ def encode_split(model, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def direction_stats(model, similarity: torch.Tensor, image_ids: torch.Tensor, rows: torch.Tensor, k: int,
-                    signatures: dict[int, Signature], a_inputs: dict, b_inputs: dict, image_anchor: bool
+                    signatures: dict, a_inputs: dict, b_inputs: dict, image_anchor: bool, layout: str = "row"
                     ) -> dict[str, float]:
     """Rows of ``similarity`` are pairs (image i, caption i); anchors are ``rows``; columns the other side."""
     teacher = model.teacher
@@ -72,9 +73,9 @@ def direction_stats(model, similarity: torch.Tensor, image_ids: torch.Tensor, ro
     itc = (teacher.embed_a({key: v[a_index] for key, v in a_inputs.items()})
            * teacher.embed_b({key: v[b_index] for key, v in b_inputs.items()})).sum(-1).view(-1, k)
     anchor_sigs = [signatures[int(i)] for i in image_ids[rows]]
-    overlap = torch.tensor([[attribute_overlap(sig, signatures[int(image_ids[c])]) for c in row]
+    overlap = torch.tensor([[signature_overlap(sig, signatures[int(image_ids[c])]) for c in row]
                             for sig, row in zip(anchor_sigs, negatives.tolist())], dtype=torch.float32)
-    twins = torch.tensor([[are_twins(sig, signatures[int(image_ids[c])]) for c in row]
+    twins = torch.tensor([[layout_are_twins(sig, signatures[int(image_ids[c])], layout) for c in row]
                           for sig, row in zip(anchor_sigs, negatives.tolist())], dtype=torch.float32)
     valid = torch.ones_like(student, dtype=torch.bool)
     generator = torch.Generator().manual_seed(1)
@@ -93,14 +94,17 @@ def direction_stats(model, similarity: torch.Tensor, image_ids: torch.Tensor, ro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="row", choices=sorted(SUITES), help="the row split (default) or the grid split")
+    parser.add_argument("--teacher-dir", default=None, help="default: the suite's teacher weights")
     parser.add_argument("--student-ckpt", required=True, help="a DistillationModule checkpoint of the demo student")
     parser.add_argument("--anchors", type=int, default=200, help="test anchors per direction")
     parser.add_argument("--k", type=int, default=8, help="student-mined negatives per anchor")
     parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    cli = DistillCLI(args=["--config", str(REPO / "configs" / "demo" / "shapes-cprd.yaml"),
-                           f"--model.init_args.teacher.init_args.weights={REPO / 'artifacts' / 'shapes-teacher'}"],
+    recipe, teacher_dir = SUITES[args.suite]
+    cli = DistillCLI(args=["--config", str(REPO / "configs" / "demo" / recipe),
+                           f"--model.init_args.teacher.init_args.weights={args.teacher_dir or REPO / teacher_dir}"],
                      run=False)
     model, data = cli.model, cli.datamodule
     load_student_weights(model.student, args.student_ckpt, option="--student-ckpt")
@@ -113,9 +117,9 @@ def main() -> None:
     rows = torch.randperm(len(image_ids), generator=generator)[: args.anchors]
     results = {
         "image -> caption": direction_stats(model, similarity, image_ids, rows, args.k, signatures, a_inputs,
-                                            b_inputs, image_anchor=True),
+                                            b_inputs, image_anchor=True, layout=data.corpus.layout),
         "caption -> image": direction_stats(model, similarity, image_ids, rows, args.k, signatures, a_inputs,
-                                            b_inputs, image_anchor=False),
+                                            b_inputs, image_anchor=False, layout=data.corpus.layout),
     }
     keys = list(next(iter(results.values())))
     lines = ["| direction | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
@@ -126,8 +130,8 @@ def main() -> None:
     section = (f"## What the teacher says about a student's hard negatives\n\nCommand: `{command}`\n\n{table}\n\n"
                f"- {args.anchors} test anchors per direction, the student's top-{args.k} negatives each (other "
                "captions of the anchor's image excluded; one column per image for caption anchors). Overlap: "
-               "attributes (size, colour, shape) the candidate's scene shares with the anchor's, position by "
-               "position (0-9). Spearman correlations are per anchor, then averaged. Twin share: negatives that are "
+               "attributes (size, colour, shape) the candidate's scene shares with the anchor's, object by "
+               "object (row: position from the left; grid: cell). Spearman correlations are per anchor, then averaged. Twin share: negatives that are "
                "a single binding swap of the anchor's scene. The CPRD loss is the Plackett-Luce loss of the "
                "student's scores in the teacher's order (`cprd_loss`, all K valid); the last column "
                "is its mean over 20 random orders of the same teacher scores.")

@@ -216,8 +216,10 @@ def test_large_objects_cover_more_pixels_than_small_ones() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(num_objects=5),
+        dict(num_objects=6),
         dict(num_objects=1),
+        dict(twins_per_scene=0),
+        dict(layout="spiral"),
         dict(num_objects=4, captions_per_image=4),
         dict(captions_per_image=1),
         dict(twin_prob=1.5),
@@ -228,3 +230,41 @@ def test_invalid_arguments_are_rejected(kwargs: dict) -> None:
     arguments = {**SMALL, **kwargs}
     with pytest.raises(ValueError):
         generate_corpus(**arguments)
+
+
+def test_original_benchmark_is_unchanged() -> None:
+    """configs/demo/data.yaml's split (row layout, the defaults) stays exactly what it was."""
+    corpus = generate_corpus()
+    assert [len(corpus.split(split)) for split in SPLITS] == [6000, 300, 500]
+    first = corpus.test[0]
+    assert first.image_id == 6300 and first.render_seed == 639509672
+    assert first.captions[0] == ("a small green circle with a large yellow triangle on its left and a small red "
+                                 "circle on its right")
+    assert len(corpus.twin_pairs("test")) == 170
+    assert int(corpus.render(first).astype(np.int64).sum()) == 149380
+
+
+def test_five_objects_in_a_row_parse_and_fit_the_image() -> None:
+    corpus = generate_corpus(seed=0, num_objects=5, **SMALL)
+    for item in corpus.items():
+        for caption in item.captions:
+            assert parse_caption(caption) == item.signature
+        layout = scene_layout(item.signature, item.render_seed, 64)
+        assert all(a.cx < b.cx for a, b in zip(layout, layout[1:]))
+
+
+@pytest.mark.parametrize("twins_per_scene", [1, 3])
+def test_twin_groups_stay_in_their_split(twins_per_scene: int) -> None:
+    corpus = generate_corpus(seed=2, twin_prob=1.0, twins_per_scene=twins_per_scene, **SMALL)
+    items = corpus.train
+    # every scene that is not a twin of the scene before it opens a group of up to 1 + twins_per_scene
+    groups, current = [], [items[0].signature]
+    for item in items[1:]:
+        if are_twins(current[0], item.signature):
+            current.append(item.signature)
+        else:
+            groups.append(current)
+            current = [item.signature]
+    groups.append(current)
+    assert max(len(group) for group in groups) == 1 + twins_per_scene
+    assert len(corpus.twin_pairs("train")) >= len(items) // (1 + twins_per_scene)

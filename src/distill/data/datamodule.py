@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from distill.data.batch import PairExample, collate_pairs
+from distill.data.common import DataError, check_counts
 from distill.data.sampling import resumable_train_loader
 from distill.data.shapes import SPLITS, ShapesCorpus, binding_negative_caption, generate_corpus
 from distill.data.tokenizer import build_shapes_tokenizer
@@ -49,7 +50,7 @@ def encode_captions(tokenizer: PreTrainedTokenizerBase, captions: list[str], max
     if longest > max_length:
         too_long = int((lengths > max_length).sum())
         example = captions[int(lengths.argmax())]
-        raise ValueError(
+        raise DataError(
             f"ShapesDataModule: {too_long} of {len(captions)} captions are longer than data.init_args.max_length="
             f"{max_length} tokens (the longest has {longest}, e.g. {example!r}); shapes captions are not truncated "
             f"because the cut words carry the object bindings: set data.init_args.max_length to at least {longest} "
@@ -110,7 +111,7 @@ class CaptionPairDataset(Dataset[PairExample]):
 def _negative_captions(corpus: ShapesCorpus, captions: list[str], seed: int) -> list[str]:
     rng = np.random.default_rng([seed, _NEGATIVE_STREAM])
     exclude = corpus.signatures()
-    return [binding_negative_caption(caption, rng, exclude) for caption in captions]
+    return [binding_negative_caption(caption, rng, exclude, corpus.layout) for caption in captions]
 
 
 class ShapesDataModule(L.LightningDataModule):
@@ -120,6 +121,9 @@ class ShapesDataModule(L.LightningDataModule):
     once; loaders only index and pad. Batches follow :class:`distill.data.batch.PairBatch`.
     With ``binding_negatives`` the train batches also carry ``b_neg``: per pair, a caption
     of a binding swap of the pair's scene (same template) that describes no corpus image.
+    ``layout`` (``row`` or ``grid``) and ``twins_per_scene`` select the scene family and the size of
+    its twin groups (:func:`distill.data.shapes.generate_corpus`); the defaults are the original
+    benchmark (``configs/demo/data.yaml``).
     """
 
     def __init__(
@@ -138,8 +142,13 @@ class ShapesDataModule(L.LightningDataModule):
         max_length: int = 32,
         binding_negatives: bool = False,
         tokenizer_dir: str | None = None,
+        layout: str = "row",
+        twins_per_scene: int = 1,
     ) -> None:
         super().__init__()
+        check_counts("ShapesDataModule", 1, num_train=num_train, batch_size=batch_size,
+                     eval_batch_size=eval_batch_size, image_size=image_size, max_length=max_length)
+        check_counts("ShapesDataModule", 0, num_val=num_val, num_test=num_test, num_workers=num_workers)
         self.save_hyperparameters()
         self.seed = seed
         self.num_train = num_train
@@ -155,6 +164,8 @@ class ShapesDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.binding_negatives = binding_negatives
         self.tokenizer_dir = tokenizer_dir
+        self.layout = layout
+        self.twins_per_scene = twins_per_scene
         self.tokenizer: PreTrainedTokenizerFast = build_shapes_tokenizer(max_length)
         self.corpus: ShapesCorpus | None = None
         self.images: dict[str, torch.Tensor] = {}
@@ -185,6 +196,8 @@ class ShapesDataModule(L.LightningDataModule):
             captions_per_image=self.captions_per_image,
             twin_prob=self.twin_prob,
             image_size=self.image_size,
+            layout=self.layout,
+            twins_per_scene=self.twins_per_scene,
         )
         for split in SPLITS:
             self.images[split] = render_split(self.corpus, split)

@@ -19,7 +19,8 @@ DEFAULT_MAX_LENGTH = 32
 
 
 def shapes_vocab() -> dict[str, int]:
-    """Token -> id: special tokens first, then every caption word in sorted order."""
+    """Token -> id: special tokens first, then every caption word in :func:`vocabulary` order (the row
+    layout's words sorted, then the grid layout's new words sorted: ids of earlier words never move)."""
     tokens = SPECIAL_TOKENS + tuple(word for word in vocabulary() if word not in SPECIAL_TOKENS)
     return {token: index for index, token in enumerate(tokens)}
 

@@ -3,11 +3,22 @@
 Image patches and caption tokens are read together by the fusion transformer (one stream,
 ViLT-like); its image-text matching (ITM) logit is the teacher's score. The unimodal towers
 give contrastive (ITC) embeddings, used to pick the candidates the fusion head re-ranks.
+
+Two kinds of towers (``towers``):
+
+* ``"transformer"``: a convolutional stem + transformer for the image and a transformer for the
+  caption, each of ``width`` (the wide demo teacher);
+* ``"student"``: exactly the towers of ``students/shapes-dual-encoder.yaml`` (a timm ResNet-10t with
+  stage channels ``image_channels`` and a BERT of ``width`` with ``text_layers`` layers, pooled and
+  projected to ``embed_dim``), so the teacher's ITC half *is* a student-sized dual encoder. The
+  fusion reads the BERT token states and the ResNet's stage-``fusion_stage`` feature map
+  (``[C, H/2^(s+1), W/2^(s+1)]``, projected to ``width``) after the pooled image feature.
+  Then ITM minus ITC measures what reading both sides together adds.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +29,14 @@ from torch import Tensor, nn
 from distill.io import atomic_write_json, load_weights, read_json, save_weights
 from distill.inputs import Inputs
 from distill.teachers.base import Teacher
+from distill.teachers.shapes_towers import ConvPatchEmbedding, StudentTowers, transformer_encoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SCORE_MODES = ("itm", "itm+itc")
+TOWER_KINDS = ("transformer", "student")
+FUSION_PREFIXES = ("fusion", "itm_head", "type_embed")
+"""Parameter-name prefixes of the fusion (ITM) half; everything else is the ITC half."""
 
 
 @dataclass(frozen=True)
@@ -38,36 +54,30 @@ class ShapesCrossEncoderConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     score_mode: str = "itm+itc"
+    towers: str = "transformer"
+    image_channels: tuple[int, ...] = (16, 32, 64, 128)
+    text_intermediate: int = 256
+    text_dropout: float = 0.1
+    fusion_stage: int = 2
+    fusion_raw: bool = False
 
-
-SCORE_MODES = ("itm", "itm+itc")
-
-
-def transformer_encoder(width: int, heads: int, layers: int, mlp_ratio: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        width, heads, width * mlp_ratio, dropout, activation="gelu", batch_first=True, norm_first=True
-    )
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-
-class ConvPatchEmbedding(nn.Module):
-    """Convolutional stem: ``[B, 3, H, W] -> [B, (H/p)*(W/p), width]`` patch tokens, p in {8, 16}."""
-
-    def __init__(self, width: int, patch_size: int = 16) -> None:
-        super().__init__()
-        if patch_size not in (8, 16):
-            raise ValueError(f"patch_size must be 8 or 16, got {patch_size}")
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
-        ]
-        if patch_size == 16:
-            layers += [nn.Conv2d(64, 96, 3, stride=2, padding=1), nn.GELU()]
-        layers.append(nn.Conv2d(layers[-2].out_channels, width, 2, stride=2))
-        self.stem = nn.Sequential(*layers)
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.stem(pixel_values).flatten(2).transpose(1, 2)
+    def check(self) -> None:
+        """Raise ``ValueError`` on settings that cannot build a model."""
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
+        if self.towers not in TOWER_KINDS:
+            raise ValueError(f"towers must be one of {TOWER_KINDS}, got {self.towers!r}")
+        if self.towers == "transformer" and self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.towers == "student":
+            if len(self.image_channels) != 4 or self.image_channels[-1] != self.width:
+                raise ValueError(f"towers='student' needs 4 image_channels ending in width={self.width}, "
+                                 f"got {list(self.image_channels)}")
+            if not 1 <= self.fusion_stage <= 4 or self.image_size % 2 ** (self.fusion_stage + 1):
+                raise ValueError(f"fusion_stage must be in [1, 4] and divide image_size {self.image_size} "
+                                 f"by 2^(stage+1), got {self.fusion_stage}")
+        elif self.fusion_raw:
+            raise ValueError("fusion_raw needs towers='student'")
 
 
 class ShapesCrossEncoder(Teacher):
@@ -76,7 +86,8 @@ class ShapesCrossEncoder(Teacher):
     ``score(a, b)`` scores each aligned pair with the fusion transformer: the ITM logit
     (``score_mode="itm"``) or the ITM logit plus the ITC logit ``logit_scale * cos(e_a, e_b)``
     (``"itm+itc"``, default; BLIP ranks retrieval candidates by this sum). ``embed_a`` /
-    ``embed_b`` are the L2-normalised ITC embeddings. ``weights`` names a folder written by :meth:`save_pretrained`
+    ``embed_b`` are the L2-normalised ITC embeddings ``[B, embed_dim]``. ``towers`` picks the unimodal
+    towers (module docstring). ``weights`` names a folder written by :meth:`save_pretrained`
     (``config.json`` + ``model.safetensors``); its config overrides the architecture arguments.
     """
 
@@ -97,20 +108,44 @@ class ShapesCrossEncoder(Teacher):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         score_mode: str = "itm+itc",
+        towers: str = "transformer",
+        image_channels: tuple[int, ...] = (16, 32, 64, 128),
+        text_intermediate: int = 256,
+        text_dropout: float = 0.1,
+        fusion_stage: int = 2,
+        fusion_raw: bool = False,
         weights: str | None = None,
     ) -> None:
         super().__init__()
-        config = ShapesCrossEncoderConfig(
-            vocab_size, max_length, image_size, patch_size, width, heads, image_layers, text_layers,
-            fusion_layers, embed_dim, mlp_ratio, dropout, score_mode,
-        )
+        settings = {key: value for key, value in locals().items() if key in _CONFIG_FIELDS}
+        config = ShapesCrossEncoderConfig(**{**settings, "image_channels": tuple(image_channels)})
         if weights is not None:
             config = self._read_config(weights)
-        if config.score_mode not in SCORE_MODES:
-            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {config.score_mode!r}")
-        if config.image_size % config.patch_size:
-            raise ValueError(f"image_size {config.image_size} must be a multiple of patch_size {config.patch_size}")
+        config.check()
         self.config = config
+        w = config.width
+        if config.towers == "transformer":
+            self._build_transformer_towers(config)
+        else:
+            self.towers = StudentTowers(config)
+            grid = config.image_size // 2 ** (config.fusion_stage + 1)
+            self.fusion_patch_proj = nn.Linear(config.image_channels[config.fusion_stage - 1], w)
+            self.fusion_patch_pos = nn.Parameter(torch.randn(1, grid * grid, w) * 0.02)
+            if config.fusion_raw:
+                stride = 2 ** (config.fusion_stage + 1)
+                self.fusion_pixel_embed = nn.Conv2d(3, w, stride, stride=stride)
+                self.fusion_word_embed = nn.Embedding(config.vocab_size, w)
+        self.image_proj = nn.Linear(w, config.embed_dim)
+        self.text_proj = nn.Linear(w, config.embed_dim)
+        self.log_inv_temperature = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
+        self.type_embed = nn.Parameter(torch.randn(2, w) * 0.02)
+        self.fusion = transformer_encoder(w, config.heads, config.fusion_layers, config.mlp_ratio, config.dropout)
+        self.fusion_norm = nn.LayerNorm(w)
+        self.itm_head = nn.Linear(w, 1)
+        if weights is not None:
+            self._load_weights(weights)
+
+    def _build_transformer_towers(self, config: ShapesCrossEncoderConfig) -> None:
         w = config.width
         num_patches = (config.image_size // config.patch_size) ** 2
         self.patch_embed = ConvPatchEmbedding(w, config.patch_size)
@@ -122,30 +157,50 @@ class ShapesCrossEncoder(Teacher):
         self.text_pos = nn.Parameter(torch.randn(1, config.max_length, w) * 0.02)
         self.text_encoder = transformer_encoder(w, config.heads, config.text_layers, config.mlp_ratio, config.dropout)
         self.text_norm = nn.LayerNorm(w)
-        self.image_proj = nn.Linear(w, config.embed_dim)
-        self.text_proj = nn.Linear(w, config.embed_dim)
-        self.log_inv_temperature = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
-        self.type_embed = nn.Parameter(torch.randn(2, w) * 0.02)
-        self.fusion = transformer_encoder(w, config.heads, config.fusion_layers, config.mlp_ratio, config.dropout)
-        self.fusion_norm = nn.LayerNorm(w)
-        self.itm_head = nn.Linear(w, 1)
-        if weights is not None:
-            self._load_weights(weights)
+
+    # ------------------------------------------------------------------ the two halves
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"itc": towers, projections, temperature; "fusion": fusion transformer, ITM head, its inputs}``."""
+        groups: dict[str, list[nn.Parameter]] = {"itc": [], "fusion": []}
+        for name, parameter in self.named_parameters():
+            groups["fusion" if name.startswith(FUSION_PREFIXES) else "itc"].append(parameter)
+        return groups
+
+    def itc_modules(self) -> list[nn.Module]:
+        """Child modules of the ITC half (to switch them to eval mode once that half is frozen)."""
+        return [module for name, module in self.named_children() if not name.startswith(FUSION_PREFIXES)]
 
     # ------------------------------------------------------------------ unimodal towers
-    def encode_image_tokens(self, pixel_values: Tensor) -> Tensor:
-        """``[B, 3, H, W] -> [B, 1 + P, width]`` (position 0 is the image CLS token)."""
+    def encode_image_tokens(self, pixel_values: Tensor, detach_towers: bool = False) -> Tensor:
+        """``[B, 3, H, W] -> [B, 1 + P, width]``; position 0 is what ITC reads (CLS, or the pooled ResNet).
+
+        Positions ``1..P`` are the fusion's image tokens: with ``towers="student"``, the stage map projected to
+        ``width`` plus a position embedding (plus the fusion's own pixel-patch embedding with ``fusion_raw``).
+        ``detach_towers`` stops gradients from those positions into the towers (their own layers still learn).
+        """
         if pixel_values.shape[-1] != self.config.image_size or pixel_values.shape[-2] != self.config.image_size:
             raise ValueError(
                 f"teacher expects {self.config.image_size}x{self.config.image_size} images, got "
                 f"{tuple(pixel_values.shape[-2:])}: set the data module's image_size to match"
             )
-        patches = self.patch_embed(pixel_values)
-        tokens = torch.cat([self.image_cls.expand(patches.shape[0], -1, -1), patches], dim=1) + self.image_pos
-        return self.image_norm(self.image_encoder(tokens))
+        if self.config.towers == "transformer":
+            patches = self.patch_embed(pixel_values)
+            tokens = torch.cat([self.image_cls.expand(patches.shape[0], -1, -1), patches], dim=1) + self.image_pos
+            tokens = self.image_norm(self.image_encoder(tokens))
+            return torch.cat([tokens[:, :1], tokens[:, 1:].detach()], dim=1) if detach_towers else tokens
+        pooled, stage_map = self.towers.encode_image(pixel_values)
+        stage_map = stage_map.detach() if detach_towers else stage_map
+        patches = self.fusion_patch_proj(stage_map.flatten(2).transpose(1, 2)) + self.fusion_patch_pos
+        if self.config.fusion_raw:
+            patches = patches + self.fusion_pixel_embed(pixel_values).flatten(2).transpose(1, 2)
+        return torch.cat([pooled.unsqueeze(1), patches], dim=1)
 
-    def encode_text_tokens(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """``[B, L] -> [B, L, width]`` (position 0 is the [CLS] token)."""
+    def encode_text_tokens(self, input_ids: Tensor, attention_mask: Tensor, detach_towers: bool = False) -> Tensor:
+        """``[B, L] -> [B, L, width]``; position 0 is the [CLS] token ITC reads.
+
+        With ``fusion_raw`` the fusion's own word embedding is added at positions ``1..L-1``; ``detach_towers``
+        stops gradients from those positions into the text tower.
+        """
         length = input_ids.shape[1]
         if length > self.config.max_length:
             raise ValueError(f"caption of {length} tokens exceeds the teacher's max_length {self.config.max_length}")
@@ -154,9 +209,15 @@ class ShapesCrossEncoder(Teacher):
                 f"token id {int(input_ids.max())} is outside the teacher's vocabulary of {self.config.vocab_size}: "
                 "the tokenizer does not match this teacher"
             )
-        tokens = self.token_embed(input_ids) + self.text_pos[:, :length]
-        hidden = self.text_encoder(tokens, src_key_padding_mask=attention_mask == 0)
-        return self.text_norm(hidden)
+        if self.config.towers == "student":
+            hidden = self.towers.encode_text(input_ids, attention_mask)
+        else:
+            tokens = self.token_embed(input_ids) + self.text_pos[:, :length]
+            hidden = self.text_norm(self.text_encoder(tokens, src_key_padding_mask=attention_mask == 0))
+        rest = hidden[:, 1:].detach() if detach_towers else hidden[:, 1:]
+        if self.config.fusion_raw:
+            rest = rest + self.fusion_word_embed(input_ids[:, 1:])
+        return torch.cat([hidden[:, :1], rest], dim=1)
 
     @property
     def logit_scale(self) -> Tensor:
@@ -185,17 +246,24 @@ class ShapesCrossEncoder(Teacher):
         itm = self.itm_logit(image_tokens, text_tokens, attention_mask)
         if self.config.score_mode == "itm":
             return itm
-        itc = (self.embed_image_tokens(image_tokens) * self.embed_text_tokens(text_tokens)).sum(-1)
-        return itm + self.logit_scale * itc
+        return itm + self.itc_logit(image_tokens, text_tokens)
+
+    def itc_logit(self, image_tokens: Tensor, text_tokens: Tensor) -> Tensor:
+        """``logit_scale * cos(e_a, e_b)`` of aligned pairs: ``[N, 1+P, w], [N, L, w] -> [N]``."""
+        return self.logit_scale * (self.embed_image_tokens(image_tokens) * self.embed_text_tokens(text_tokens)).sum(-1)
 
     def itm_logit(self, image_tokens: Tensor, text_tokens: Tensor, attention_mask: Tensor) -> Tensor:
         """The fusion head alone: ``[N, 1+P, w], [N, L, w], [N, L] -> [N]``."""
+        return self.itm_head(self.fused_text(image_tokens, text_tokens, attention_mask)[:, 0]).squeeze(-1)
+
+    def fused_text(self, image_tokens: Tensor, text_tokens: Tensor, attention_mask: Tensor) -> Tensor:
+        """The fusion transformer's output at the caption positions: ``[N, 1+P, w], [N, L, w], [N, L] -> [N, L, w]``."""
         sequence = torch.cat([text_tokens + self.type_embed[0], image_tokens + self.type_embed[1]], dim=1)
         padding = torch.cat(
             [attention_mask == 0, attention_mask.new_zeros(image_tokens.shape[:2], dtype=torch.bool)], dim=1
         )
         fused = self.fusion_norm(self.fusion(sequence, src_key_padding_mask=padding))
-        return self.itm_head(fused[:, 0]).squeeze(-1)
+        return fused[:, : text_tokens.shape[1]]
 
     def score(self, a: Inputs, b: Inputs) -> Tensor:
         image_tokens = self.encode_image_tokens(a["pixel_values"])
@@ -218,7 +286,9 @@ class ShapesCrossEncoder(Teacher):
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
         save_weights(target / WEIGHTS_NAME, self.state_dict())
-        atomic_write_json(target / CONFIG_NAME, {"class": "ShapesCrossEncoder", **asdict(self.config)})
+        config = asdict(self.config)
+        atomic_write_json(target / CONFIG_NAME, {"class": "ShapesCrossEncoder", **config,
+                                                 "image_channels": list(config["image_channels"])})
         return target
 
     @classmethod
@@ -227,6 +297,7 @@ class ShapesCrossEncoder(Teacher):
 
     @staticmethod
     def _read_config(folder: str) -> ShapesCrossEncoderConfig:
+        """The folder's ``config.json``; keys it lacks (older teachers) keep their defaults."""
         path = Path(folder)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(
@@ -236,10 +307,11 @@ class ShapesCrossEncoder(Teacher):
             )
         raw = read_json(path / CONFIG_NAME)
         raw.pop("class", None)
-        known = set(ShapesCrossEncoderConfig.__dataclass_fields__)
-        unknown = set(raw) - known
+        unknown = set(raw) - set(_CONFIG_FIELDS)
         if unknown:
-            raise ValueError(f"'{path / CONFIG_NAME}' has unknown keys {sorted(unknown)}; expected {sorted(known)}")
+            raise ValueError(f"'{path / CONFIG_NAME}' has unknown keys {sorted(unknown)}; expected {sorted(_CONFIG_FIELDS)}")
+        if "image_channels" in raw:
+            raw["image_channels"] = tuple(raw["image_channels"])
         return ShapesCrossEncoderConfig(**raw)
 
     def _load_weights(self, folder: str) -> None:
@@ -253,3 +325,6 @@ class ShapesCrossEncoder(Teacher):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **asdict(self.config)}
+
+
+_CONFIG_FIELDS = tuple(field.name for field in fields(ShapesCrossEncoderConfig))
