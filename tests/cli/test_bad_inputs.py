@@ -278,6 +278,8 @@ CASES = [
     Case("export-bad-opset-keeps-export", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/export",
                                                   "--opset", "99"),
          r"opset", status=2, kept=lambda a, t: [t / "export"]),
+    Case("export-opset-too-old", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/out", "--opset", "13"),
+         r"opset 13 is not supported: choose 14 to 20"),
     Case("export-metrics-not-object", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/out",
                                               "--metrics", "{tmp}/metrics.json"),
          r"--metrics '.*metrics\.json' must hold a JSON object"),
@@ -324,6 +326,20 @@ CASES = [
          r"was built with another student than '.*export'"),
     Case("search-zero-k", command("search", "--index", "{assets.index}", "--query", "a", "-k", "0"),
          r"expected an integer >= 1, got 0"),
+    Case("search-other-backend", command("search", "--index", "{assets.index}", "--query", "a red circle",
+                                         "--backend", "faiss"),
+         r"--backend faiss: index '.*index' was built with --backend numpy"),
+    Case("index-qdrant-url-no-answer", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                               "--out", "{tmp}/idx", "--backend", "qdrant", "--url",
+                                               "http://127.0.0.1:9"),
+         r"--url http://127\.0\.0\.1:9 does not answer"),
+    Case("index-pq-on-exact-faiss", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                            "--out", "{tmp}/idx", "--backend", "faiss", "--faiss-type", "flat",
+                                            "--pq", "8"),
+         r"--pq compresses an approximate index: add --faiss-type ivf or hnsw"),
+    Case("index-faiss-flags-on-numpy", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                               "--out", "{tmp}/idx", "--backend", "numpy", "--nlist", "8"),
+         r"--faiss-type, --nlist and --pq apply to --backend faiss, not numpy"),
     Case("search-no-index", command("search", "--index", "{tmp}/nope", "--query", "a red circle"),
          r"'.*nope' is not an index"),
     # ---------------------------------------------------------------- cache-teacher
@@ -402,9 +418,12 @@ def test_bad_input_is_one_line(case: Case, assets: Assets, tmp_path: Path, capsy
     _prepare(case, assets, tmp_path)
     kept = case.kept(assets, tmp_path) if case.kept else []
     before = _digest(kept)
+    args = case.args(assets, tmp_path)
+    out = Path(args[args.index("--out") + 1]) if "--out" in args[:-1] else None
+    out_was_there = out is not None and out.exists()
     try:
         with pytest.raises(SystemExit) as exit_info:
-            main(case.args(assets, tmp_path))
+            main(args)
     finally:
         writable_again(tmp_path / "ro")
     err = capsys.readouterr().err
@@ -414,6 +433,8 @@ def test_bad_input_is_one_line(case: Case, assets: Assets, tmp_path: Path, capsy
     assert exit_info.value.code == case.status, lines[0]
     assert re.search(case.pattern, lines[0]), lines[0]
     assert _digest(kept) == before
+    if out is not None and not out_was_there:  # a refused command writes nothing where its output would go
+        assert not out.exists() and not list(out.parent.glob(f".{out.name}*")), sorted(out.parent.iterdir())
     record = os.environ.get("DISTILL_RECORD_BAD_INPUTS")  # docs/troubleshooting.md quotes these lines
     if record:
         with open(record, "a", encoding="utf-8") as handle:
