@@ -296,3 +296,94 @@ def test_qdrant_server_path_swaps_an_alias_and_retires_the_old_collection(tmp_pa
         index_main(index_args(dense_export, data_yaml, tmp_path / "other", "--backend", "qdrant", "--url",
                               "http://qdrant.example:6333", "--collection", "taken"))
     assert not (tmp_path / "other").exists() and len(server.get_collections().collections) == 2
+
+
+# ---------------------------------------------------------------------------- Seismic
+def sparse_rows(rng: np.random.Generator, n: int, vocabulary: int, terms: int) -> sp.csr_matrix:
+    """``[n, vocabulary]`` CSR rows of ``terms`` distinct terms each, weights in [0, 2)."""
+    columns = np.concatenate([rng.choice(vocabulary, terms, replace=False) for _ in range(n)])
+    weights = (2 * rng.random(n * terms)).astype(np.float32)
+    return sp.csr_matrix((weights, (np.repeat(np.arange(n), terms), columns)), shape=(n, vocabulary))
+
+
+def test_seismic_finds_the_exact_top_k_and_scores_with_float16_weights(tmp_path: Path) -> None:
+    pytest.importorskip("seismic", reason="the Seismic backend needs pyseismic-lsr (the seismic extra)")
+    from distill.serving.index.seismic_backend import INDEX_NAME, SeismicIndex
+
+    rng = np.random.default_rng(4)
+    docs, queries = sparse_rows(rng, 3000, 2000, 30), sparse_rows(rng, 20, 2000, 10)
+    settings = BackendSettings(backend="seismic").resolve("sparse")
+    index = SeismicIndex.build(docs, settings)
+    scores, rows = index.search(queries, k=10)
+    _, exact_rows = SparseIndex.from_vectors(docs).search(queries, k=10)
+    assert len(index) == 3000 and recall_at(rows, exact_rows) >= 0.9
+    half = docs.copy()
+    half.data = half.data.astype(np.float16).astype(np.float32)  # Seismic stores document weights as float16
+    found = np.take_along_axis((queries @ half.T).toarray(), rows, axis=1)
+    np.testing.assert_allclose(scores, found, atol=1e-4)
+    exact = np.take_along_axis((queries @ docs.T).toarray(), rows, axis=1)
+    np.testing.assert_allclose(scores, exact, rtol=1e-3)
+    single_scores, single_rows = index.search(queries[5].toarray(), k=10)  # one dense query: Seismic's `search`
+    np.testing.assert_array_equal(single_rows[0], rows[5])
+    index.save(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [INDEX_NAME, "seismic.json"]
+    loaded = SeismicIndex.load(tmp_path, settings)
+    assert loaded.nbytes == (tmp_path / INDEX_NAME).stat().st_size and len(loaded) == 3000
+    np.testing.assert_array_equal(loaded.search(queries, k=10)[1], rows)
+    tiny = SeismicIndex.build(sp.vstack([docs[:2], sp.csr_matrix((1, 2000), dtype=np.float32)]), settings)
+    tiny_scores, tiny_rows = tiny.search(docs[:1], k=4)  # an empty row is never returned; the rest is padding
+    assert len(tiny) == 3 and tiny_rows[0, 0] == 0 and tiny_rows[0, 2:].tolist() == [-1, -1]
+    assert np.isneginf(tiny_scores[0, 2:]).all()
+    assert tiny.search(sp.csr_matrix((1, 2000), dtype=np.float32), k=3)[1].tolist() == [[-1, -1, -1]]
+
+
+@pytest.fixture
+def sparse_export(tmp_path: Path, tiny_datamodule) -> Path:
+    export_student(build(SPARSE_SPEC), tmp_path / "sparse-student", student_spec=SPARSE_SPEC,
+                   datamodule=tiny_datamodule, onnx=False)
+    return tmp_path / "sparse-student"
+
+
+def test_seismic_folder_searches_like_the_numpy_folder(tmp_path: Path, sparse_export: Path, data_yaml: Path,
+                                                       tiny_datamodule, capfd, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("seismic", reason="the Seismic backend needs pyseismic-lsr (the seismic extra)")
+    out = tmp_path / "seismic"
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "seismic", None)  # as if pyseismic-lsr were not installed
+        line = error_line(capfd, ["index", *index_args(sparse_export, data_yaml, out, "--backend", "seismic")])
+    assert "pip install 'pyseismic-lsr==0.5.4'" in line
+    line = error_line(capfd, ["index", *index_args(sparse_export, data_yaml, out, "--backend", "seismic",
+                                                   "--heap-factor", "0")])
+    assert "--heap-factor > 0" in line and not out.exists()
+    index_main(index_args(sparse_export, data_yaml, tmp_path / "numpy"))
+    # the untrained student's items share nearly all of their 64 terms: heap_factor 0.9 skips too many blocks of them
+    index_main(index_args(sparse_export, data_yaml, out, "--backend", "seismic", "--query-cut", "20", "--heap-factor",
+                          "0.5"))
+    printed = capfd.readouterr().out.splitlines()  # file descriptor 1: Seismic's own build lines are silenced
+    assert len(printed) == 2 and printed[1].startswith("indexed 24 items (sparse, seismic)")
+    meta = json.loads((out / INDEX_META).read_text())
+    assert meta["backend"] == "seismic" and meta["backend_settings"] == {"query_cut": 20, "heap_factor": 0.5}
+    assert {"seismic.index.seismic", "seismic.json", "items.json"} == set(meta["files"])
+    _, exact, _ = open_index(tmp_path / "numpy")
+    _, index, items = open_index(out)
+    assert index.settings.query_cut == 20 and len(items) == 24
+    queries = exact.to_csr()  # the items' own vectors: text queries go through tower b too
+    agree = np.mean(index.search(queries, k=1)[1][:, 0] == exact.search(queries, k=1)[1][:, 0])
+    assert agree >= 0.75, agree
+    caption = tiny_datamodule.corpus.split("test")[0].captions[0]
+    tops = []
+    for name in ("numpy", "seismic"):
+        search_main(["--index", str(tmp_path / name), "--query", caption, "-k", "3"])
+        tops.append(capfd.readouterr().out.strip().splitlines()[1].split()[1])
+    assert tops[0] == tops[1]
+    (out / "seismic.index.seismic").write_bytes(b"damaged")
+    with pytest.raises(InputError, match="does not match its manifest"):
+        open_index(out)
+
+
+def test_seismic_on_a_dense_student_is_one_line_and_writes_nothing(tmp_path: Path, dense_export: Path,
+                                                                   data_yaml: Path, capsys) -> None:
+    out = tmp_path / "index"
+    line = error_line(capsys, ["index", *index_args(dense_export, data_yaml, out, "--backend", "seismic")])
+    assert "--backend seismic indexes sparse vectors; this student's are dense" in line
+    assert not out.exists() and not list(tmp_path.glob(".index.tmp-*"))

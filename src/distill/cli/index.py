@@ -25,7 +25,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--backend", choices=sorted(BACKENDS),
                         help="faiss (dense; the dense default when installed), numpy (exact dense search, or "
                              "distill's inverted index: the sparse default), qdrant (dense or sparse; embedded, or "
-                             "a server with --url)")
+                             "a server with --url), seismic (sparse; Seismic's approximate inverted index)")
     parser.add_argument("--weights", choices=("float32", "uint8"), default="float32",
                         help="sparse students, numpy backend: posting weights, exact float32 or uint8 impacts")
     parser.add_argument("--top-k", type=positive_int, help="sparse students: keep each item's k largest weights")
@@ -46,6 +46,11 @@ def build_parser() -> CommandParser:
     qdrant.add_argument("--shards", type=positive_int, help="server: the collection's shard_number (a cluster "
                                                            "spreads the shards over its nodes)")
     qdrant.add_argument("--replicas", type=positive_int, help="server: the collection's replication_factor")
+    seismic = parser.add_argument_group("seismic")
+    seismic.add_argument("--query-cut", type=positive_int, default=defaults.query_cut,
+                         help="the query's largest weights searched (default 10)")
+    seismic.add_argument("--heap-factor", type=float, default=defaults.heap_factor,
+                         help="> 0 (default 0.9); below 1 visits more blocks: slower, higher recall")
     return parser
 
 
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> None:
                                nprobe=args.nprobe, pq=args.pq, hnsw_m=args.hnsw_m,
                                ef_construction=args.ef_construction, ef_search=args.ef_search, url=args.url,
                                collection=args.collection, exact=args.exact, shards=args.shards,
-                               replicas=args.replicas)
+                               replicas=args.replicas, query_cut=args.query_cut, heap_factor=args.heap_factor)
     out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
                       progress=not args.no_progress and sys.stderr.isatty(), weights=args.weights,
                       top_k=args.top_k, source=args.data, settings=settings)

@@ -1,7 +1,7 @@
 """Build and open an index folder of a split's b items, encoded with an exported student.
 
 ``python -m distill index --student exports/s --data configs/demo/data.yaml --split test --out indexes/s
-[--backend numpy|faiss|qdrant]`` encodes the split's b side (captions / passages) with the student's
+[--backend numpy|faiss|qdrant|seismic]`` encodes the split's b side (captions / passages) with the student's
 ``tower_b`` and writes the backend's files (:mod:`distill.serving.index.backends`), ``items.json`` (ids and
 raw texts) and ``index.json``, the manifest: the build's id, the student's fingerprint, the backend and its
 settings, and every file's size and SHA-256 (files in sub-folders included). The folder is built aside and
@@ -119,6 +119,10 @@ def _build_backend(settings: BackendSettings, vectors: np.ndarray | sp.csr_matri
         from distill.serving.index.faiss_backend import FaissIndex
 
         built: VectorIndex = FaissIndex.build(vectors, settings)
+    elif settings.backend == "seismic":
+        from distill.serving.index.seismic_backend import SeismicIndex
+
+        built = SeismicIndex.build(vectors if top_k is None else prune_top_k_rows(vectors, top_k), settings)
     elif sp.issparse(vectors):
         built = SparseIndex.from_vectors(vectors, weights=weights, top_k=top_k)
     else:
@@ -220,6 +224,10 @@ def _open_backend(folder: Path, meta: dict[str, Any], settings: BackendSettings)
         from distill.serving.index.qdrant_backend import QdrantIndex
 
         return QdrantIndex.open(folder, meta, settings)
+    if settings.backend == "seismic":
+        from distill.serving.index.seismic_backend import SeismicIndex
+
+        return SeismicIndex.load(folder, settings)
     if settings.backend != "numpy":
         raise InputError(f"index '{folder}' uses backend {settings.backend!r}, which this distill does not know: "
                          f"{REBUILD}")
