@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.cli.demo import StageClock, format_duration, main
+from distill.cli.demo import StageClock, main
 from tests.helpers import REPO_ROOT
 
 
@@ -48,6 +48,3 @@ def test_stage_clock_rescales_the_estimate_by_the_measured_pace(capsys: pytest.C
     assert "[demo 2/3] second stage (est. 1m40s left)" in capsys.readouterr().out
     assert set(clock.done) == {"a", "b"}
 
-
-def test_format_duration() -> None:
-    assert [format_duration(s) for s in (42, 75, 3725)] == ["42s", "1m15s", "1h02m"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from distill.cli.args import CommandParser
 from distill.cli.report import format_markdown_table, print_table, update_markdown_section
 from distill.errors import InputError
+from distill.training.callbacks.progress import format_seconds
 
 PRETRAIN_STEPS = 300
 STEPS = 150
@@ -67,14 +68,6 @@ class DemoResult:
     example_image: Path | None = None  # a test image written as PNG, to search the captions with
 
 
-def format_duration(seconds: float) -> str:
-    """``75 -> "1m15s"``, ``3725 -> "1h02m"``, ``42 -> "42s"``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 class StageClock:
     """Stage headers with the time left: ``[demo i/n] title (est. 3m10s left)``.
 
@@ -96,7 +89,7 @@ class StageClock:
     def run(self, key: str, title: str, work: Callable[[], None]) -> float:
         """Print the header, run ``work``, record and return its wall time."""
         index = list(self.reference).index(key) + 1
-        print(f"[demo {index}/{len(self.reference)}] {title} (est. {format_duration(self.estimate_left())} left)",
+        print(f"[demo {index}/{len(self.reference)}] {title} (est. {format_seconds(self.estimate_left())} left)",
               flush=True)
         start = time.perf_counter()
         work()
@@ -244,8 +237,8 @@ def main(argv: list[str]) -> None:
     result = run_demo(args)
     total = time.perf_counter() - start
     print_table(result.rows, title=f"Shapes test split ({suite.name}): Recall@K (%)")
-    times = ", ".join(f"{key} {format_duration(value)}" for key, value in result.seconds.items())
-    print(f"[demo] finished in {format_duration(total)} ({times})")
+    times = ", ".join(f"{key} {format_seconds(value)}" for key, value in result.seconds.items())
+    print(f"[demo] finished in {format_seconds(total)} ({times})")
     for line in next_steps(args, suite, result):
         print(line)
     if args.markdown:

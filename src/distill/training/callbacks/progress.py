@@ -62,6 +62,7 @@ class ProgressLog(Callback):
         self.when = when
         self._start = 0.0
         self._start_step = 0
+        self._pending: str | None = None  # a step line held back one batch (validation may repeat it)
 
     @property
     def active(self) -> bool:
@@ -74,11 +75,27 @@ class ProgressLog(Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if self.active and self.every_n_steps and step and step % self.every_n_steps == 0:
-            logger.info(self.line(trainer, with_validation=False))
+            self._pending = self.line(trainer, with_validation=False)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._flush()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._pending = None  # the validation line says the same, with the metrics
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.active and not trainer.sanity_checking and trainer.state.fn == "fit":
             logger.info(self.line(trainer, with_validation=True))
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            logger.info(self._pending)
+            self._pending = None
 
     def line(self, trainer: L.Trainer, with_validation: bool) -> str:
         """The progress line: epoch, step, loss and its terms, the main validation metric, time."""
