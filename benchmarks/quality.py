@@ -56,14 +56,13 @@ RECIPES = {
     "cosine": "+ cosine embedding",
     "dcd": "+ DCD",
     "cprd": "+ CPRD",
-    "best": "+ best combination (grid-best.yaml)",
     "cached-cprd": "+ CPRD, candidates and scores from the teacher cache",
     # Sparse (SPLADE/LexLIP-style) students: students/shapes-sparse.yaml
     "sparse-infonce": "sparse student: InfoNCE + FLOPS",
     "sparse-kl": "sparse student: + logit KL",
 }
-DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd", "best"]
-TWO_STAGE_NAMES = {"cprd": "CPRD", "best": "best-combination"}
+DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd"]
+TWO_STAGE_NAMES = {"cprd": "CPRD"}
 SPARSE_RECIPES = ["sparse-infonce", "sparse-kl"]
 
 
@@ -125,7 +124,7 @@ def run_recipe(recipe: str, seed: int, args: argparse.Namespace, student_init: P
         evaluate_teacher = recipe == "cprd" and seed == args.seeds[0] and not args.tag
         overrides.append(f"--model.init_args.evaluator.init_args.evaluate_teacher={str(evaluate_teacher).lower()}")
         # Two-stage re-ranking is reported for the CPRD student only (it costs teacher passes).
-        two_stage = recipe in ("cprd", "best") and not args.tag
+        two_stage = recipe == "cprd" and not args.tag
         overrides.append(f"--model.init_args.evaluator.init_args.two_stage_k={16 if two_stage else 0}")
     cli = DistillCLI(args=overrides + list(args.override))
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
@@ -278,6 +277,9 @@ def sweep_table(results_dir: Path) -> str:
 
 
 def main() -> None:
+    from distill.cli.quiet import configure_output
+
+    configure_output()  # distill's own lines, not Lightning's tips and banners
     args = parse_args()
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

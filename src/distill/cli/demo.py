@@ -5,7 +5,7 @@
    dual encoder of the student's size) and ITC top-16 re-ranked by its cross-attention (ITM) head;
 2. the starting student: InfoNCE alone for ``PRETRAIN_STEPS`` steps;
 3. the InfoNCE-only student: ``STEPS`` more InfoNCE steps from the starting student;
-4. the distilled student: ``STEPS`` steps of the suite's best distillation recipe from the same start,
+4. the distilled student: ``STEPS`` steps of the suite's CPRD recipe from the same start,
    then its top-16 re-ranked by the teacher (two-stage).
 
 Each stage prints a header with an estimate of the time the demo has left, measured as it goes; the end
@@ -51,8 +51,8 @@ class Suite:
 
 SUITES = {
     "grid": Suite("grid", "grid-teacher.yaml", "artifacts/shapes-grid-teacher", "configs/demo/data-grid.yaml",
-                  "grid-infonce.yaml", "grid-best.yaml", "InfoNCE + CPRD",
-                  {"teacher": 60, "retrain": 3600, "start": 180, "infonce": 100, "distilled": 220},
+                  "grid-infonce.yaml", "grid-cprd.yaml", "InfoNCE + CPRD",
+                  {"teacher": 40, "retrain": 1500, "start": 60, "infonce": 30, "distilled": 90},
                   "teacher: ITC only (its dual-encoder half: the student's towers)"),
     "row": Suite("row", "shapes-teacher.yaml", "artifacts/shapes-teacher", "configs/demo/data.yaml",
                  "shapes-infonce.yaml", "shapes-cprd.yaml", "InfoNCE + CPRD",
@@ -247,5 +247,5 @@ def main(argv: list[str]) -> None:
                  + ", ".join(f"{key} {value:.0f} s" for key, value in result.seconds.items()) + ")."]
         section = f"## Demo: teacher vs students (shapes {suite.name} test split)\n\n" + format_markdown_table(
             result.rows, command=command, extra=notes)
-        update_markdown_section(args.markdown, "demo", section)
+        update_markdown_section(args.markdown, "demo" if suite.name == "row" else f"demo-{suite.name}", section)
         print(f"[demo] wrote {args.markdown}")
