@@ -127,7 +127,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     command = "python benchmarks/teacher_order.py " + " ".join(sys.argv[1:])
-    section = (f"## What the teacher says about a student's hard negatives\n\nCommand: `{command}`\n\n{table}\n\n"
+    section = (f"## What the teacher says about a student's hard negatives ({args.suite} split)\n\nCommand: `{command}`\n\n{table}\n\n"
                f"- {args.anchors} test anchors per direction, the student's top-{args.k} negatives each (other "
                "captions of the anchor's image excluded; one column per image for caption anchors). Overlap: "
                "attributes (size, colour, shape) the candidate's scene shares with the anchor's, object by "
@@ -135,7 +135,8 @@ def main() -> None:
                "a single binding swap of the anchor's scene. The CPRD loss is the Plackett-Luce loss of the "
                "student's scores in the teacher's order (`cprd_loss`, all K valid); the last column "
                "is its mean over 20 random orders of the same teacher scores.")
-    update_markdown_section(args.markdown, "teacher-order", section)
+    update_markdown_section(args.markdown, "teacher-order" if args.suite == "row" else f"teacher-order-{args.suite}",
+                            section)
     print(f"[teacher_order] wrote {args.markdown}")
 
 
