@@ -93,6 +93,9 @@ def direction_stats(model, similarity: torch.Tensor, image_ids: torch.Tensor, ro
 
 
 def main() -> None:
+    from distill.cli.quiet import configure_output
+
+    configure_output()  # distill's own lines, not Lightning's tips and banners
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="row", choices=sorted(SUITES), help="the row split (default) or the grid split")
     parser.add_argument("--teacher-dir", default=None, help="default: the suite's teacher weights")
