@@ -51,6 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from distill.io import silenced
 from distill.serving.index import DenseIndex, SparseIndex, merge_top_k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -500,24 +501,10 @@ def build_threads() -> Iterator[None]:
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     try:
-        with quiet(2):  # k-means warns when a small corpus gives few training points per centroid
+        with silenced(2):  # k-means warns when a small corpus gives few training points per centroid
             yield
     finally:
         faiss.omp_set_num_threads(1)
-
-
-@contextmanager
-def quiet(fd: int = 1) -> Iterator[None]:
-    """Silence a native library's progress lines or warnings (file descriptor 1 or 2)."""
-    (sys.stdout if fd == 1 else sys.stderr).flush()
-    saved = os.dup(fd)
-    with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), fd)
-    try:
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
 
 
 def recall_at_k(rows: np.ndarray, exact: np.ndarray) -> float:
@@ -621,7 +608,7 @@ def seismic_candidate(docs: sp.csr_matrix, tune_queries: sp.csr_matrix, tune_exa
                                     docs.data.astype(np.float32), docs.indptr.astype(np.int64))
         return seismic.SeismicIndex.build_from_dataset(dataset, num_threads=0)
 
-    with quiet(1):
+    with silenced(1):
         index, build_s = timed(build)
         index.save(str(folder / "seismic"))  # type: ignore[attr-defined]
     saved = folder / "seismic.index.seismic"

@@ -305,11 +305,32 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def folder_manifest(folder: str | os.PathLike[str], exclude: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """``{file name: {"bytes", "sha256"}}`` of every regular file directly in ``folder`` (dot files excluded)."""
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``folder``, sub-folders included (dot files and
+    folders, and the paths in ``exclude``, left out); :func:`verify_folder` checks a folder against it."""
     root = Path(folder)
-    return {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-            for path in sorted(root.iterdir())
-            if path.is_file() and not path.name.startswith(".") and path.name not in exclude}
+    files = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and str(relative) not in exclude:
+            files[str(relative)] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return files
+
+
+@contextmanager
+def silenced(fd: int = 1) -> Iterator[None]:
+    """Send file descriptor ``fd`` (1: stdout, 2: stderr) to ``/dev/null`` for one block, so that native
+    libraries' own prints (progress lines, warnings) are silenced too."""
+    import sys
+
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def verify_folder(folder: str | os.PathLike[str], files: dict[str, dict[str, Any]], what: str, fix: str) -> None:

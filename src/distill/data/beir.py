@@ -40,7 +40,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from distill.data.beir_batches import BeirItemStore, RowDataset, TextCollator, TrainItem, TripleDataset
-from distill.data.beir_files import jsonl_records, read_qrels, read_texts
+from distill.data.beir_files import jsonl_records, read_qrels
 from distill.data.common import (
     check_counts,
     BadItemPolicy,
@@ -59,7 +59,7 @@ from distill.pretrained import load_tokenizer
 OWNER = "BeirTextDataModule"
 Relevance = dict[int, dict[int, float]]
 
-__all__ = ["BeirItemStore", "BeirTextDataModule", "read_qrels", "read_texts"]
+__all__ = ["BeirItemStore", "BeirTextDataModule", "read_qrels"]
 
 
 class _LazyQrels:
@@ -285,8 +285,8 @@ class BeirTextDataModule(L.LightningDataModule):
         """Read the corpus, queries, qrels and training rows once; check every id."""
         if self._ready:
             return
-        self.corpus = read_texts(self.data_dir / "corpus.jsonl", self.use_title)
-        self.queries = read_texts(self.data_dir / "queries.jsonl")
+        self.corpus = TextTable.read(self.data_dir / "corpus.jsonl", self.use_title)
+        self.queries = TextTable.read(self.data_dir / "queries.jsonl")
         self.train_items = self._read_train()
         if not self.train_items:
             raise DataError(f"{OWNER}: no usable training items in '{self.data_dir}'")

@@ -1,4 +1,4 @@
-"""Reading the files of a BEIR folder: ``corpus.jsonl`` / ``queries.jsonl`` texts and ``qrels/<split>.tsv``."""
+"""Reading the files of a BEIR folder: JSONL records and ``qrels/<split>.tsv`` (texts: ``text_table``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.data.common import DataError, DataFileNotFound, read_utf8
-from distill.data.text_table import TextTable, json_line
+from distill.data.text_table import json_line
 
-__all__ = ["TextTable", "jsonl_records", "read_qrels", "read_texts"]
+__all__ = ["jsonl_records", "read_qrels"]
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -21,12 +21,6 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             record = json_line(path, number, raw)
             if record is not None:
                 yield number, record
-
-
-def read_texts(path: Path, use_title: bool = False) -> TextTable:
-    """``corpus.jsonl`` / ``queries.jsonl`` as a :class:`TextTable` (ids and texts by row). Titles are prepended
-    when asked."""
-    return TextTable.read(path, use_title)
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, float]]:

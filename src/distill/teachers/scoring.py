@@ -78,11 +78,16 @@ class TeacherScorer:
         if parameter is not None and parameter.dtype != self.dtype:
             self.teacher.to(self.dtype)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the teacher's weights are (the CPU for a teacher without parameters)."""
+        parameter = next(self.teacher.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
     @contextmanager
     def autocast(self) -> Iterator[None]:
         """The teacher's precision for the forwards run inside the block."""
-        parameter = next(self.teacher.parameters(), None)
-        device_type = parameter.device.type if parameter is not None else "cpu"
+        device_type = self.device.type
         if self.precision == "32":
             with torch.autocast(device_type=device_type, enabled=False):
                 yield
@@ -123,8 +128,7 @@ class TeacherScorer:
         not once per caption. Per chunk only its distinct items are loaded (``load_a(ids) -> Inputs`` of
         those items, in order) and moved to the teacher's device.
         """
-        parameter = next(self.teacher.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
+        device = self.device
         order = torch.argsort(b_items, stable=True)
         order = order[torch.argsort(a_items[order], stable=True)]
         a_sorted, b_sorted = a_items[order], b_items[order]

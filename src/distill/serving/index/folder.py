@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from distill.errors import InputError
-from distill.io import atomic_folder, atomic_write_json, file_sha256, read_json, verify_folder
+from distill.io import atomic_folder, atomic_write_json, folder_manifest, read_json, verify_folder
 from distill.serving.index.backends import BackendSettings, VectorIndex, require
 from distill.serving.index.corpus import CorpusItem, encode_texts, split_items
 from distill.serving.index.dense import DenseIndex
@@ -35,7 +35,7 @@ FORMAT_VERSION = 3  # 2: numpy backend only (still readable)
 READABLE_VERSIONS = (2, 3)
 REBUILD = "rebuild it with `python -m distill index`"
 
-__all__ = ["INDEX_META", "ITEMS_NAME", "build_index", "open_index", "student_fingerprint", "tree_manifest"]
+__all__ = ["INDEX_META", "ITEMS_NAME", "build_index", "open_index", "student_fingerprint"]
 
 
 def student_fingerprint(student_dir: str | os.PathLike[str]) -> str:
@@ -51,17 +51,6 @@ def student_fingerprint(student_dir: str | os.PathLike[str]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def tree_manifest(folder: str | os.PathLike[str], exclude: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"bytes", "sha256"}}`` of every file under ``folder`` (dot files and ``exclude`` left out)."""
-    root = Path(folder)
-    files = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts) and str(relative) not in exclude:
-            files[str(relative)] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    return files
 
 
 # ---------------------------------------------------------------------------- build
@@ -163,7 +152,7 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
         index, extra = _build_backend(settings, vectors, items, scratch, meta["build_id"], weights, top_k)
         meta.update({**extra, "bytes": index.nbytes})
         atomic_write_json(scratch / ITEMS_NAME, [asdict(item) for item in items])
-        atomic_write_json(scratch / INDEX_META, {**meta, "files": tree_manifest(scratch, exclude=(INDEX_META,))})
+        atomic_write_json(scratch / INDEX_META, {**meta, "files": folder_manifest(scratch, exclude=(INDEX_META,))})
     if settings.backend == "qdrant":
         from distill.serving.index.qdrant_backend import retire_previous
 
@@ -194,9 +183,12 @@ def settings_of(meta: dict[str, Any], url: str | None = None) -> BackendSettings
     return BackendSettings(backend=backend, **stored)
 
 
-def open_index(folder: str | os.PathLike[str], url: str | None = None
+def open_index(folder: str | os.PathLike[str], url: str | None = None, backend: str | None = None
                ) -> tuple[dict[str, Any], VectorIndex, list[CorpusItem]]:
-    """The manifest, the index and the items of an index folder, after checking every file against the manifest."""
+    """The manifest, the index and the items of an index folder, after checking every file against the manifest.
+
+    ``backend``, when given, must be the one the index was built with (checked before anything is loaded).
+    """
     meta_path = Path(folder) / INDEX_META
     if not meta_path.is_file():
         raise InputError(f"'{folder}' is not an index: it has no {INDEX_META} ({REBUILD})")
@@ -205,6 +197,9 @@ def open_index(folder: str | os.PathLike[str], url: str | None = None
     if version not in READABLE_VERSIONS:
         raise InputError(f"'{meta_path}' has format_version {version!r}; this distill reads {READABLE_VERSIONS}: "
                          f"{REBUILD}")
+    built_with = meta.get("backend", "numpy")
+    if backend is not None and backend != built_with:
+        raise InputError(f"--backend {backend}: index '{folder}' was built with --backend {built_with}")
     verify_folder(folder, meta.get("files") or {}, "index", REBUILD)
     settings = settings_of(meta, url)
     index = _open_backend(Path(folder), meta, settings)

@@ -46,11 +46,8 @@ def search(index_dir: str | os.PathLike[str], query: str | None = None, image: s
         raise InputError("give exactly one of --query or --image")
     if query is not None and not query.strip():
         raise InputError("--query is empty: give the text to search for")
-    meta, index, items = open_index(index_dir, url)
+    meta, index, items = open_index(index_dir, url, backend)
     try:
-        built_with = meta.get("backend", "numpy")
-        if backend is not None and backend != built_with:
-            raise InputError(f"--backend {backend}: index '{index_dir}' was built with --backend {built_with}")
         folder = student_dir or meta["student"]
         if student_fingerprint(folder) != meta.get("student_fingerprint"):
             raise InputError(f"index '{index_dir}' was built with another student than '{folder}' (their "

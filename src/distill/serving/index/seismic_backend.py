@@ -14,9 +14,6 @@ indexed and never returned. Building prints progress lines to file descriptor 1;
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from distill.errors import InputError
-from distill.io import atomic_path, atomic_write_json, read_json
+from distill.io import atomic_path, atomic_write_json, read_json, silenced
 from distill.serving.index.backends import BackendSettings, require
 from distill.serving.index.dense import merge_top_k
 from distill.serving.index.sparse_vectors import as_csr
@@ -34,21 +31,7 @@ META_NAME = "seismic.json"
 SMALL_VOCABULARY = 1 << 16  # SeismicIndex stores term ids as uint16
 BUILD_THREADS = 0  # Rayon's default: every core (RAYON_NUM_THREADS caps it)
 
-__all__ = ["INDEX_NAME", "META_NAME", "SeismicIndex", "quiet_stdout"]
-
-
-@contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Send file descriptor 1 to ``/dev/null`` for one block (native code's prints included)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+__all__ = ["INDEX_NAME", "META_NAME", "SeismicIndex"]
 
 
 def _classes(num_terms: int) -> tuple[str, str]:
@@ -77,7 +60,7 @@ class SeismicIndex:
         dataset = getattr(seismic, dataset_class)(dim=int(matrix.shape[1]))
         dataset.add_documents_by_id([str(row) for row in range(matrix.shape[0])], matrix.indices.astype(np.int64),
                                     matrix.data.astype(np.float32), matrix.indptr.astype(np.int64))
-        with quiet_stdout():
+        with silenced(1):
             index = getattr(seismic, variant).build_from_dataset(dataset, num_threads=BUILD_THREADS)
         return cls(index, settings, int(matrix.shape[0]), int(matrix.shape[1]), variant)
 
@@ -124,7 +107,7 @@ class SeismicIndex:
         with atomic_path(target) as tmp:
             written = Path(f"{tmp}.index.seismic")  # Seismic appends its extension to the path it is given
             try:
-                with quiet_stdout():
+                with silenced(1):
                     self.index.save(str(tmp))
                 os.replace(written, tmp)
             finally:
