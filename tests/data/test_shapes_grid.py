@@ -9,15 +9,18 @@ import pytest
 
 from distill.data.shapes import COLORS, SPLITS, generate_corpus, signature_overlap, vocabulary
 from distill.data.shapes_grid import (
+    SWAP_FIELDS,
     TEMPLATES,
     GridObject,
     are_twins,
     binding_negative_caption,
     describe,
     parse_caption,
+    parse_mentions,
     perturbations,
     sample_signature,
     scene_layout,
+    swapped_caption,
 )
 
 SMALL = dict(num_train=60, num_val=12, num_test=12, layout="grid", num_objects=4)
@@ -120,3 +123,25 @@ def test_grid_datamodule_batches_carry_grid_binding_negatives() -> None:
     signatures = data.corpus.signatures()
     for text in texts:
         assert parse_caption(text) not in signatures
+
+
+@pytest.mark.parametrize("kind", sorted(SWAP_FIELDS))
+def test_swapped_caption_is_a_binding_swap_of_its_kind(kind: str) -> None:
+    caption = "small red circle at top left , large blue square at middle centre , small red triangle at bottom right"
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        swapped = swapped_caption(caption, kind, rng)
+        before, after = parse_mentions(caption), parse_mentions(swapped)
+        assert sorted(swapped.split()) == sorted(caption.split())
+        assert [obj.cell for obj in after] == [obj.cell for obj in before]
+        changed = [(x, y) for x, y in zip(before, after) if x != y]
+        assert len(changed) == 2
+        kept = {"color", "size", "shape"} - set(SWAP_FIELDS[kind])
+        assert all(getattr(x, name) == getattr(y, name) for x, y in changed for name in kept)
+        assert tuple(sorted(after)) in perturbations(tuple(sorted(before)))
+
+
+def test_swapped_caption_is_none_when_no_two_objects_differ_in_that_kind() -> None:
+    caption = "small red circle at top left , large red square at middle centre"
+    assert swapped_caption(caption, "colour", np.random.default_rng(0)) is None
+    assert swapped_caption(caption, "size", np.random.default_rng(0)) is not None

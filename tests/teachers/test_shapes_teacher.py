@@ -88,6 +88,32 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         assert torch.allclose(loaded.score(a, b), teacher.score(a, b))
 
 
+def test_fusion_positions_are_unit_scale_beside_normalised_features(tmp_path: Path) -> None:
+    """``fusion_positions``: each image token is LayerNorm(stage map) + position + LayerNorm(pixels), so the
+    position is as large as each source; caption tokens get their own positions; the flag round-trips."""
+    torch.manual_seed(0)
+    teacher = ShapesCrossEncoder(**MATCHED, fusion_raw=True, max_length=12, fusion_positions=True).eval()
+    a, b = _inputs()
+    with torch.no_grad():
+        tokens = teacher.encode_image_tokens(a["pixel_values"])[:, 1:]
+        text = teacher.encode_text_tokens(**b)[:, 1:]
+        position = teacher.fusion_patch_pos.clone()
+        teacher.fusion_patch_pos.zero_()
+        assert torch.allclose(tokens - teacher.encode_image_tokens(a["pixel_values"])[:, 1:], position.expand_as(tokens),
+                              atol=1e-5)
+        teacher.fusion_text_pos.add_(1.0)
+        assert torch.allclose(teacher.encode_text_tokens(**b)[:, 1:] - text, torch.ones_like(text), atol=1e-5)
+        teacher.fusion_text_pos.sub_(1.0)
+        teacher.fusion_patch_pos.copy_(position)
+    assert 0.8 < float(position.pow(2).mean().sqrt()) < 1.2
+    weak = ShapesCrossEncoder(**MATCHED, fusion_raw=True)
+    assert float(weak.fusion_patch_pos.detach().pow(2).mean().sqrt()) < 0.05 and not hasattr(weak, "fusion_text_pos")
+    loaded = ShapesCrossEncoder(weights=str(teacher.save_pretrained(tmp_path / "t"))).eval()
+    assert loaded.config.fusion_positions
+    with torch.no_grad():
+        assert torch.allclose(loaded.score(a, b), teacher.score(a, b), atol=1e-5)
+
+
 def test_transformer_teacher_keeps_its_weight_names_and_defaults(tmp_path: Path) -> None:
     """Folders written before the ``towers`` setting existed (no such key) load as transformer towers."""
     import json
@@ -105,6 +131,7 @@ def test_transformer_teacher_keeps_its_weight_names_and_defaults(tmp_path: Path)
     (dict(towers="vit"), "towers"),
     (dict(towers="student", width=64), "image_channels"),
     (dict(towers="student", fusion_stage=5), "fusion_stage"),
+    (dict(towers="student", fusion_positions=True), "fusion_positions"),
 ])
 def test_bad_settings_are_named(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -160,6 +160,31 @@ def binding_negative_caption(caption: str, rng: np.random.Generator,
     return _SEPARATOR.join(_phrase(negative[obj.cell]) for obj in mentions)
 
 
+SWAP_FIELDS: dict[str, tuple[str, ...]] = {
+    "colour": ("color",), "size": ("size",), "shape": ("shape",), "object": ("size", "color", "shape"),
+}
+"""The binding swaps of :func:`perturbations`, by kind: which attributes two cells exchange."""
+
+
+def swapped_caption(caption: str, kind: str, rng: np.random.Generator) -> str | None:
+    """The caption with ``kind``'s attributes (:data:`SWAP_FIELDS`) exchanged between two of its cells.
+
+    The two cells are drawn among those whose swap changes the scene; mention order and cell words stay.
+    ``None`` when no two objects differ in those attributes.
+    """
+    fields = SWAP_FIELDS[kind]
+    mentions = parse_mentions(caption)
+    pairs = [(i, j) for i in range(len(mentions)) for j in range(i + 1, len(mentions))
+             if any(getattr(mentions[i], name) != getattr(mentions[j], name) for name in fields)]
+    if not pairs:
+        return None
+    i, j = pairs[int(rng.integers(len(pairs)))]
+    objects = list(mentions)
+    objects[i] = mentions[i]._replace(**{name: getattr(mentions[j], name) for name in fields})
+    objects[j] = mentions[j]._replace(**{name: getattr(mentions[i], name) for name in fields})
+    return _SEPARATOR.join(_phrase(obj) for obj in objects)
+
+
 def vocabulary() -> tuple[str, ...]:
     """Every word a grid caption can contain, sorted."""
     words = set(SIZES) | set(COLORS) | set(SHAPES) | set(GRID_ROWS) | set(GRID_COLUMNS) | {"at", ","}

@@ -14,6 +14,11 @@ Two kinds of towers (``towers``):
   fusion reads the BERT token states and the ResNet's stage-``fusion_stage`` feature map
   (``[C, H/2^(s+1), W/2^(s+1)]``, projected to ``width``) after the pooled image feature.
   Then ITM minus ITC measures what reading both sides together adds.
+
+With ``fusion_positions`` the fusion's image tokens are ``LayerNorm(projected stage map) + position +
+LayerNorm(pixel patch)`` with unit-scale positions, and its caption tokens get their own unit-scale positions.
+Without it (older teachers) the image positions start at 0.02 beside features of norm ~1-2 and the caption
+positions are only those inside the detached BERT states, so the fusion has little to tell cells apart with.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class ShapesCrossEncoderConfig:
     text_dropout: float = 0.1
     fusion_stage: int = 2
     fusion_raw: bool = False
+    fusion_positions: bool = False
 
     def check(self) -> None:
         """Raise ``ValueError`` on settings that cannot build a model."""
@@ -78,6 +84,8 @@ class ShapesCrossEncoderConfig:
                                  f"by 2^(stage+1), got {self.fusion_stage}")
         elif self.fusion_raw:
             raise ValueError("fusion_raw needs towers='student'")
+        if self.fusion_positions and not (self.towers == "student" and self.fusion_raw):
+            raise ValueError("fusion_positions needs towers='student' and fusion_raw=true")
 
 
 class ShapesCrossEncoder(Teacher):
@@ -114,6 +122,7 @@ class ShapesCrossEncoder(Teacher):
         text_dropout: float = 0.1,
         fusion_stage: int = 2,
         fusion_raw: bool = False,
+        fusion_positions: bool = False,
         weights: str | None = None,
     ) -> None:
         super().__init__()
@@ -130,11 +139,16 @@ class ShapesCrossEncoder(Teacher):
             self.towers = StudentTowers(config)
             grid = config.image_size // 2 ** (config.fusion_stage + 1)
             self.fusion_patch_proj = nn.Linear(config.image_channels[config.fusion_stage - 1], w)
-            self.fusion_patch_pos = nn.Parameter(torch.randn(1, grid * grid, w) * 0.02)
+            position_scale = 1.0 if config.fusion_positions else 0.02
+            self.fusion_patch_pos = nn.Parameter(torch.randn(1, grid * grid, w) * position_scale)
+            self.fusion_patch_norm = nn.LayerNorm(w) if config.fusion_positions else nn.Identity()
+            self.fusion_pixel_norm = nn.LayerNorm(w) if config.fusion_positions and config.fusion_raw else nn.Identity()
             if config.fusion_raw:
                 stride = 2 ** (config.fusion_stage + 1)
                 self.fusion_pixel_embed = nn.Conv2d(3, w, stride, stride=stride)
                 self.fusion_word_embed = nn.Embedding(config.vocab_size, w)
+                if config.fusion_positions:
+                    self.fusion_text_pos = nn.Parameter(torch.randn(1, config.max_length, w))
         self.image_proj = nn.Linear(w, config.embed_dim)
         self.text_proj = nn.Linear(w, config.embed_dim)
         self.log_inv_temperature = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
@@ -190,9 +204,11 @@ class ShapesCrossEncoder(Teacher):
             return torch.cat([tokens[:, :1], tokens[:, 1:].detach()], dim=1) if detach_towers else tokens
         pooled, stage_map = self.towers.encode_image(pixel_values)
         stage_map = stage_map.detach() if detach_towers else stage_map
-        patches = self.fusion_patch_proj(stage_map.flatten(2).transpose(1, 2)) + self.fusion_patch_pos
+        features = self.fusion_patch_proj(stage_map.flatten(2).transpose(1, 2))
+        patches = self.fusion_patch_norm(features) + self.fusion_patch_pos
         if self.config.fusion_raw:
-            patches = patches + self.fusion_pixel_embed(pixel_values).flatten(2).transpose(1, 2)
+            pixels = self.fusion_pixel_embed(pixel_values).flatten(2).transpose(1, 2)
+            patches = patches + self.fusion_pixel_norm(pixels)
         return torch.cat([pooled.unsqueeze(1), patches], dim=1)
 
     def encode_text_tokens(self, input_ids: Tensor, attention_mask: Tensor, detach_towers: bool = False) -> Tensor:
@@ -217,6 +233,8 @@ class ShapesCrossEncoder(Teacher):
         rest = hidden[:, 1:].detach() if detach_towers else hidden[:, 1:]
         if self.config.fusion_raw:
             rest = rest + self.fusion_word_embed(input_ids[:, 1:])
+            if self.config.fusion_positions:
+                rest = rest + self.fusion_text_pos[:, 1:length]
         return torch.cat([hidden[:, :1], rest], dim=1)
 
     @property
