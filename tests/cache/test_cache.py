@@ -205,6 +205,25 @@ def test_cached_recipe_trains_through_the_cli(tmp_path: Path, teacher_dir: Path,
     assert float(metrics["train/cached_negatives_a2b"]) > 0.0
 
 
+def test_cache_teacher_builds_from_the_cached_recipe_itself(tmp_path: Path, teacher_dir: Path, built_cache: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command in the cached recipes' header: no --out, the cache goes to the recipe's CachedCandidates path
+    (which does not exist yet), and it equals the cache built from the plain recipe with --out."""
+    monkeypatch.chdir(tmp_path)
+    data_args = [arg.replace("--data.init_args.", "--data.init_args.data.init_args.") for arg in DATA_ARGS]
+    out = tmp_path / "from-cached-recipe"
+    torch.set_num_threads(1)
+    cache_main(["--config", str(CACHED_RECIPE), *BUILD_ARGS, *data_args, *STUDENT_ARGS,
+                f"--model.init_args.candidates.init_args.path={out}",
+                f"--model.init_args.teacher.init_args.weights={teacher_dir}"])
+    built = sorted(path.name for path in built_cache.iterdir())
+    assert sorted(path.name for path in out.iterdir()) == built
+    shards = [name for name in built if name.endswith(".safetensors")]
+    assert shards
+    for name in shards:
+        assert (out / name).read_bytes() == (built_cache / name).read_bytes()
+
+
 @pytest.mark.slow
 def test_cached_training_under_lightning_ddp(built_cache: Path, teacher_dir: Path) -> None:
     """Lightning injects a DistributedSampler into the cache-aware batch sampler; 2 CPU processes train."""

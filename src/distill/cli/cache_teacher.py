@@ -76,6 +76,8 @@ def _build_from_recipe(config: str, overrides: Sequence[str]) -> tuple[Any, Any]
 
 
 def main(argv: list[str]) -> None:
+    from distill.data.items import unwrap_datamodule
+
     args, overrides = build_parser().parse_known_args(argv)
     model, datamodule = _build_from_recipe(args.config, overrides)
     teacher, student = getattr(model, "teacher", None), getattr(model, "student", None)
@@ -90,6 +92,8 @@ def main(argv: list[str]) -> None:
     rank, world_size = process_share(args.rank, args.world_size)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    # A cached recipe's data module wraps the real one and would read the very cache being built: set up the inner one.
+    datamodule = unwrap_datamodule(datamodule)
     datamodule.setup("fit")
     settings = BuildSettings(k=args.k, split=args.split, shard_size=args.shard_size,
                              teacher_max_pairs=args.teacher_max_pairs, batch_size=args.batch_size,
