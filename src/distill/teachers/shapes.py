@@ -17,7 +17,7 @@ Two kinds of towers (``towers``):
 
 With ``fusion_positions`` the fusion's image tokens are ``LayerNorm(projected stage map) + position +
 LayerNorm(pixel patch)`` with unit-scale positions, and its caption tokens get their own unit-scale positions.
-Without it (older teachers) the image positions start at 0.02 beside features of norm ~1-2 and the caption
+Without it (older teachers) the image positions start at 0.02 beside features of rms ~1-2 and the caption
 positions are only those inside the detached BERT states, so the fusion has little to tell cells apart with.
 """
 
