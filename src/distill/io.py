@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -320,8 +321,6 @@ def folder_manifest(folder: str | os.PathLike[str], exclude: tuple[str, ...] = (
 def silenced(fd: int = 1) -> Iterator[None]:
     """Send file descriptor ``fd`` (1: stdout, 2: stderr) to ``/dev/null`` for one block, so that native
     libraries' own prints (progress lines, warnings) are silenced too."""
-    import sys
-
     (sys.stdout if fd == 1 else sys.stderr).flush()
     saved = os.dup(fd)
     try:

@@ -76,17 +76,28 @@ def sample_signature(rng: np.random.Generator, num_objects: int) -> GridSignatur
             return signature
 
 
+SWAP_FIELDS: dict[str, tuple[str, ...]] = {
+    "colour": ("color",), "size": ("size",), "shape": ("shape",), "object": ("size", "color", "shape"),
+}
+"""The binding swaps of :func:`perturbations`, by kind: which attributes two cells exchange."""
+
+
+def _exchange(objects: tuple[GridObject, ...], i: int, j: int, fields: tuple[str, ...]) -> tuple[GridObject, ...]:
+    """``objects`` with ``fields`` of objects ``i`` and ``j`` exchanged (their cells stay)."""
+    swapped = list(objects)
+    swapped[i] = objects[i]._replace(**{name: getattr(objects[j], name) for name in fields})
+    swapped[j] = objects[j]._replace(**{name: getattr(objects[i], name) for name in fields})
+    return tuple(swapped)
+
+
 def perturbations(signature: GridSignature) -> tuple[GridSignature, ...]:
     """All distinct binding swaps, in a fixed order: colours, sizes or shapes of two cells, or two whole objects."""
     signature = tuple(GridObject(*obj) for obj in signature)
     found: dict[GridSignature, None] = {}
     pairs = [(i, j) for i in range(len(signature)) for j in range(i + 1, len(signature))]
-    for fields in (("color",), ("size",), ("shape",), ("size", "color", "shape")):
+    for fields in SWAP_FIELDS.values():
         for i, j in pairs:
-            objects = list(signature)
-            objects[i] = signature[i]._replace(**{name: getattr(signature[j], name) for name in fields})
-            objects[j] = signature[j]._replace(**{name: getattr(signature[i], name) for name in fields})
-            found.setdefault(tuple(objects))
+            found.setdefault(_exchange(signature, i, j, fields))
     found.pop(signature, None)
     return tuple(found)
 
@@ -160,12 +171,6 @@ def binding_negative_caption(caption: str, rng: np.random.Generator,
     return _SEPARATOR.join(_phrase(negative[obj.cell]) for obj in mentions)
 
 
-SWAP_FIELDS: dict[str, tuple[str, ...]] = {
-    "colour": ("color",), "size": ("size",), "shape": ("shape",), "object": ("size", "color", "shape"),
-}
-"""The binding swaps of :func:`perturbations`, by kind: which attributes two cells exchange."""
-
-
 def swapped_caption(caption: str, kind: str, rng: np.random.Generator) -> str | None:
     """The caption with ``kind``'s attributes (:data:`SWAP_FIELDS`) exchanged between two of its cells.
 
@@ -179,10 +184,7 @@ def swapped_caption(caption: str, kind: str, rng: np.random.Generator) -> str | 
     if not pairs:
         return None
     i, j = pairs[int(rng.integers(len(pairs)))]
-    objects = list(mentions)
-    objects[i] = mentions[i]._replace(**{name: getattr(mentions[j], name) for name in fields})
-    objects[j] = mentions[j]._replace(**{name: getattr(mentions[i], name) for name in fields})
-    return _SEPARATOR.join(_phrase(obj) for obj in objects)
+    return _SEPARATOR.join(_phrase(obj) for obj in _exchange(mentions, i, j, fields))
 
 
 def vocabulary() -> tuple[str, ...]:

@@ -142,7 +142,7 @@ class ShapesCrossEncoder(Teacher):
             position_scale = 1.0 if config.fusion_positions else 0.02
             self.fusion_patch_pos = nn.Parameter(torch.randn(1, grid * grid, w) * position_scale)
             self.fusion_patch_norm = nn.LayerNorm(w) if config.fusion_positions else nn.Identity()
-            self.fusion_pixel_norm = nn.LayerNorm(w) if config.fusion_positions and config.fusion_raw else nn.Identity()
+            self.fusion_pixel_norm = nn.LayerNorm(w) if config.fusion_positions else nn.Identity()  # implies fusion_raw
             if config.fusion_raw:
                 stride = 2 ** (config.fusion_stage + 1)
                 self.fusion_pixel_embed = nn.Conv2d(3, w, stride, stride=stride)
