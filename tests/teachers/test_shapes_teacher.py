@@ -114,6 +114,16 @@ def test_fusion_positions_are_unit_scale_beside_normalised_features(tmp_path: Pa
         assert torch.allclose(loaded.score(a, b), teacher.score(a, b), atol=1e-5)
 
 
+def test_a_saved_config_that_cannot_build_names_its_file(tmp_path: Path) -> None:
+    import json
+
+    folder = ShapesCrossEncoder(**MATCHED, fusion_raw=True, fusion_positions=True).save_pretrained(tmp_path / "t")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "fusion_raw": False}))
+    with pytest.raises(ValueError, match=r"config\.json': fusion_positions needs towers='student' and fusion_raw"):
+        ShapesCrossEncoder(weights=str(folder))
+
+
 def test_transformer_teacher_keeps_its_weight_names_and_defaults(tmp_path: Path) -> None:
     """Folders written before the ``towers`` setting existed (no such key) load as transformer towers."""
     import json

@@ -130,7 +130,12 @@ class ShapesCrossEncoder(Teacher):
         config = ShapesCrossEncoderConfig(**{**settings, "image_channels": tuple(image_channels)})
         if weights is not None:
             config = self._read_config(weights)
-        config.check()
+        try:
+            config.check()
+        except ValueError as error:
+            if weights is None:
+                raise
+            raise ValueError(f"'{Path(weights) / CONFIG_NAME}': {error}") from None
         self.config = config
         w = config.width
         if config.towers == "transformer":
