@@ -130,12 +130,7 @@ class ShapesCrossEncoder(Teacher):
         config = ShapesCrossEncoderConfig(**{**settings, "image_channels": tuple(image_channels)})
         if weights is not None:
             config = self._read_config(weights)
-        try:
-            config.check()
-        except ValueError as error:
-            if weights is None:
-                raise
-            raise ValueError(f"'{Path(weights) / CONFIG_NAME}': {error}") from None
+        config.check()
         self.config = config
         w = config.width
         if config.towers == "transformer":
@@ -335,7 +330,12 @@ class ShapesCrossEncoder(Teacher):
             raise ValueError(f"'{path / CONFIG_NAME}' has unknown keys {sorted(unknown)}; expected {sorted(_CONFIG_FIELDS)}")
         if "image_channels" in raw:
             raw["image_channels"] = tuple(raw["image_channels"])
-        return ShapesCrossEncoderConfig(**raw)
+        config = ShapesCrossEncoderConfig(**raw)
+        try:
+            config.check()
+        except ValueError as error:
+            raise ValueError(f"'{path / CONFIG_NAME}': {error}") from None
+        return config
 
     def _load_weights(self, folder: str) -> None:
         state = load_weights(Path(folder) / WEIGHTS_NAME, "teacher weights")
