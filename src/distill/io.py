@@ -273,17 +273,21 @@ def load_checkpoint_file(path: str | os.PathLike[str], option: str = "checkpoint
     if source.stat().st_size == 0:
         raise InputError(f"{option} '{source}' is empty: it is not a checkpoint (an interrupted copy?)")
     import pickle
+    import warnings
 
     try:
-        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        found = next((line for line in lines if line.startswith("WeightsUnpickler error:")), "")
-        reason = found.removeprefix("WeightsUnpickler error:").split(". Please", 1)[0].strip()[:160]
-        if found:
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the refusal below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        from distill.pickled import foreign_globals
+
+        names = foreign_globals(source)  # read from the pickle's opcodes, whatever torch's wording
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise UnsafeFileError(
-                f"{option} '{source}' holds code or objects that are not tensors ({reason}), which distill never "
-                "loads: use a checkpoint written by distill or another run you trust") from None
+                f"{option} '{source}' holds pickled code ({shown}), which distill never runs: refused; use a "
+                "checkpoint written by distill or another run you trust") from None
         raise InputError(f"{option} '{source}' is damaged or not a PyTorch checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as error:
         first = (str(error).splitlines() or [type(error).__name__])[0][:160]
