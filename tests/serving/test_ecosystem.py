@@ -88,11 +88,13 @@ def test_sparse_text_tower_exports_as_a_sparse_encoder(tmp_path: Path, tiny_data
 def test_transformers_loads_the_clip_export(tmp_path: Path, tiny_models) -> None:
     from transformers import CLIPImageProcessor, CLIPModel
 
+    from distill.data.image_preprocessing import ImagePreprocessing
     from distill.students import CLIPDualEncoder
 
     spec = {"class_path": "distill.students.CLIPDualEncoder", "init_args": {"pretrained": str(tiny_models.clip)}}
     student = CLIPDualEncoder(pretrained=str(tiny_models.clip)).eval()
-    export_student(student, tmp_path / "clip", student_spec=spec, onnx=False)
+    trained = ImagePreprocessing.from_transformers(CLIPImageProcessor.from_pretrained(str(tiny_models.clip)))
+    export_student(student, tmp_path / "clip", student_spec=spec, onnx=False, image_preprocessing=trained)
     model = CLIPModel.from_pretrained(str(tmp_path / "clip")).eval()
     pixels = torch.randn(2, 3, 32, 32)
     ids = torch.randint(0, 50, (2, 7))
@@ -105,7 +107,7 @@ def test_transformers_loads_the_clip_export(tmp_path: Path, tiny_models) -> None
         assert torch.allclose(torch.nn.functional.normalize(text, dim=-1),
                               student.encode_b({"input_ids": ids, "attention_mask": torch.ones_like(ids)}), atol=1e-5)
     processor = CLIPImageProcessor.from_pretrained(str(tmp_path / "clip"))
-    assert processor.size == {"height": 32, "width": 32} and not processor.do_center_crop
+    assert processor.size == {"shortest_edge": 32} and processor.do_center_crop  # as trained, not a square resize
     assert set(load_student(tmp_path / "clip").state_dict()) == set(student.state_dict())
 
 

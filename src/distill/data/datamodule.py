@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from distill.data.batch import PairExample, collate_pairs
+from distill.data.batch import PIXEL_MEAN, PIXEL_STD, PairExample, collate_pairs
 from distill.data.common import DataError, check_counts
+from distill.data.image_preprocessing import ImagePreprocessing
 from distill.data.sampling import resumable_train_loader
 from distill.data.shapes import SPLITS, ShapesCorpus, binding_negative_caption, generate_corpus
 from distill.data.tokenizer import build_shapes_tokenizer
@@ -170,6 +171,12 @@ class ShapesDataModule(L.LightningDataModule):
         self.corpus: ShapesCorpus | None = None
         self.images: dict[str, torch.Tensor] = {}
         self.datasets: dict[str, CaptionPairDataset] = {}
+
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """The student's images: rendered at ``image_size`` and normalised ``(x / 255 - 0.5) / 0.5``
+        (:func:`~distill.data.batch.normalize_pixels`); an image of another size is resized to a square, bilinear."""
+        return ImagePreprocessing(size=self.image_size, resize="square", center_crop=False, interpolation="bilinear",
+                                  mean=(PIXEL_MEAN,) * 3, std=(PIXEL_STD,) * 3)
 
     @property
     def vocab_size(self) -> int:

@@ -36,6 +36,7 @@ from distill.data.common import (
     model_max_length,
     same_tokenizer,
 )
+from distill.data.image_preprocessing import ImagePreprocessing
 from distill.data.items import PairCorpus, PairItemStore
 from distill.data.paired_files import read_jsonl, read_karpathy
 from distill.data.sampling import resumable_train_loader
@@ -276,6 +277,16 @@ class PairedImageTextDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise InputError(f"--split {split}: {OWNER} has the splits {sorted(self.datasets)}; pass one of those")
         return [(record.b_id, record.a_id, record.caption) for record in self.datasets[split].records]
+
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """The student's image preprocessing as its batches apply it (what an export carries)."""
+        if isinstance(self.student_image, ImageTransform):
+            return self.student_image.preprocessing
+        try:
+            return ImagePreprocessing.from_transformers(self.student_image)
+        except ValueError as error:
+            raise InputError(f"data.init_args.student_processor: {error}; an exported student needs square images "
+                             "of one size") from None
 
     def _eval_teacher_view(self) -> bool:
         """Whether evaluation batches carry the teacher's pixels: only when the module being evaluated asks

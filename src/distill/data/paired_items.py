@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from distill.data.common import BadItems, DataError, TruncationLog, stack_images, tokenize
+from distill.data.image_preprocessing import ImagePreprocessing
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageTransform", "PairRecord", "PairedCollator",
            "PairedImageTextDataset", "UNREADABLE_IMAGE_ERRORS"]
@@ -40,7 +40,8 @@ class PairRecord:
 
 class ImageTransform:
     """Resize the shorter side to ``size`` (bicubic), centre-crop ``size`` x ``size``, scale to [0, 1],
-    normalise with ``mean`` / ``std``. ``PIL RGB image -> float [3, size, size]``."""
+    normalise with ``mean`` / ``std`` (torchvision's steps, as timm's eval transform runs them).
+    ``PIL RGB image -> float [3, size, size]``; :attr:`preprocessing` is the record an export carries."""
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         if size <= 0:
@@ -48,19 +49,12 @@ class ImageTransform:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"{OWNER}: image_mean / image_std need 3 values each (std > 0), got {mean} / {std}")
         self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.preprocessing = ImagePreprocessing(size=size, resize="shortest_edge", center_crop=True,
+                                                interpolation="bicubic", mean=(mean[0], mean[1], mean[2]),
+                                                std=(std[0], std[1], std[2]))
 
     def __call__(self, image: Image.Image) -> Tensor:
-        width, height = image.size
-        scale = self.size / min(width, height)
-        resized = image.resize((max(self.size, round(width * scale)), max(self.size, round(height * scale))),
-                               Image.Resampling.BICUBIC)
-        left = (resized.width - self.size) // 2
-        top = (resized.height - self.size) // 2
-        cropped = resized.crop((left, top, left + self.size, top + self.size))
-        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        return (pixels - self.mean) / self.std
+        return self.preprocessing(image)
 
 
 def _hf_image(processor: Any, image: Image.Image) -> dict[str, Tensor]:

@@ -44,7 +44,7 @@ WEIGHTS_NAME = "model.safetensors"
 REST_NAME = "student.safetensors"
 ST_VERSION = {"sentence_transformers": "5.0.0"}
 
-__all__ = ["Layout", "REST_NAME", "describe", "write_layout"]
+__all__ = ["Layout", "REST_NAME", "describe", "timm_configs", "write_layout"]
 
 
 @dataclass
@@ -187,17 +187,32 @@ def _pooling(width: int, pooling: str) -> dict[str, Any]:
 
 
 def _clip_image_processor(spec: dict[str, Any]) -> dict[str, Any]:
-    """A ``CLIPImageProcessor`` config doing what the export's image tower expects: resize to a square, scale, normalise."""
-    size = int(spec["image_size"])
+    """The ``CLIPImageProcessor`` config of the image tower's preprocessing as trained."""
+    from distill.data.image_preprocessing import ImagePreprocessing
 
-    def channels(value: Any) -> list[float]:
-        return [float(value)] * 3 if isinstance(value, (int, float)) else [float(item) for item in value]
+    return ImagePreprocessing.from_json(spec["preprocessing"], "tower a").clip_processor_config()
 
-    return {"image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
-            "do_resize": True, "size": {"height": size, "width": size}, "resample": 2, "do_center_crop": False,
-            "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": channels(spec["pixel_mean"]), "image_std": channels(spec["pixel_std"]),
-            "do_convert_rgb": True}
+
+def timm_configs(student: nn.Module, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"tower_<side>/config.json": timm's hub config}`` for each timm image tower: its architecture and the
+    ``pretrained_cfg`` of its preprocessing as trained (``timm.data.resolve_data_config(pretrained_cfg=...)``).
+    The weights stay where ``weights`` says (``tower_<side>.backbone.*``)."""
+    from distill.data.image_preprocessing import ImagePreprocessing
+    from distill.students import TimmImageTower
+
+    files = {}
+    for side, spec in config["towers"].items():
+        tower = getattr(student, f"tower_{side}", None)
+        if spec["modality"] != "image" or not isinstance(tower, TimmImageTower):
+            continue
+        steps = ImagePreprocessing.from_json(spec["preprocessing"], f"tower {side}")
+        if steps.processor is not None or steps.resize != "shortest_edge" or not steps.center_crop:
+            continue  # a transformers processor or a square resize: timm's eval transform does neither
+        architecture = (getattr(tower.backbone, "pretrained_cfg", None) or {}).get("architecture")
+        files[f"tower_{side}/config.json"] = {
+            "architecture": architecture or type(tower.backbone).__name__, "num_classes": 0,
+            "num_features": int(tower.width), "pretrained_cfg": steps.timm_config()}
+    return files
 
 
 # ---------------------------------------------------------------------------- weights

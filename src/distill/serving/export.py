@@ -6,8 +6,12 @@
   (:mod:`distill.serving.ecosystem`): a sentence-transformers folder for text students, a
   ``transformers.CLIPModel`` folder for CLIP students, else distill's own ``model.safetensors``;
 * ``student_config.json``: the student's ``class_path``/``init_args``, the input spec of each tower
+  (an image tower's preprocessing as trained, :class:`~distill.data.image_preprocessing.ImagePreprocessing`)
   and which file holds which tensors, so :func:`~distill.serving.loading.load_student` rebuilds it
   without the recipe;
+* an image tower's preprocessing in its ecosystem's file too: ``preprocessor_config.json``
+  (``CLIPImageProcessor``) for a CLIP student, ``tower_<side>/config.json`` (timm's ``pretrained_cfg``)
+  for a timm tower;
 * the tokenizer files (``save_pretrained`` of the data module's tokenizer), when there is one;
 * ``tower_a.onnx`` / ``tower_b.onnx``: one graph per tower (dynamic batch; dynamic sequence for text);
 * ``README.md``: a model card (teacher, losses and weights, data, measured test results, how to load it).
@@ -31,17 +35,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.data.image_preprocessing import ImagePreprocessing
+from distill.errors import InputError
 from distill.io import atomic_folder, atomic_write_bytes, atomic_write_json
 from distill.serving.card import RecipeSpec, model_card, teacher_description
-from distill.serving.ecosystem import describe, write_layout
+from distill.serving.ecosystem import describe, timm_configs, write_layout
 from distill.serving.loading import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, ONNX_NAMES
 from distill.serving.onnx import DEFAULT_OPSET, export_onnx, sample_inputs
 from distill.serving.student_spec import embedding_kind, self_contained_spec, text_vocab_size, tower_modality
 
-DEFAULT_IMAGE_SIZE = 224
 DEFAULT_MAX_LENGTH = 32
 
-__all__ = ["ExportResult", "TrainingRecord", "export_student", "safe_join"]
+__all__ = ["ExportResult", "TrainingRecord", "export_student", "resolve_preprocessing", "safe_join"]
 
 
 def safe_join(out_dir: str | os.PathLike[str], name: str) -> Path:
@@ -107,13 +112,15 @@ def _module_record(module: nn.Module | None, record: TrainingRecord, spec: dict[
 def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_spec: Mapping[str, Any] | None = None,
                    datamodule: Any = None, record: TrainingRecord | None = None, onnx: bool = True,
                    opset: int = DEFAULT_OPSET, image_size: int | None = None, top_k_a: int | None = None,
-                   top_k_b: int | None = None) -> ExportResult:
+                   top_k_b: int | None = None, image_preprocessing: ImagePreprocessing | None = None) -> ExportResult:
     """Write the student (never the teacher) into ``out_dir``; see the module docstring for the files.
 
     ``source`` is a :class:`~distill.training.DistillationModule` (its ``student``, losses and test results
     are used) or a bare student. The student's spec is ``student_spec``, else ``record.recipe.student``.
     ``top_k_a/b`` set a sparse student's pruning in the exported config and graphs (the passed-in student
-    is left unchanged).
+    is left unchanged). An image tower's preprocessing is ``image_preprocessing``, else the data module's
+    (``datamodule.image_preprocessing()``), else the tower's ``preprocessing``; when none tells, the export is
+    refused.
     """
     inner = getattr(source, "student", None)
     module = source if isinstance(inner, nn.Module) else None
@@ -130,7 +137,7 @@ def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_s
     losses = _module_record(module, record, spec)
     teacher = teacher_description(record.recipe.teacher if record.recipe else None, getattr(module, "teacher", None))
     with _serving_mode(student, top_k), atomic_folder(out_dir, "export folder") as scratch:
-        student_config = _student_config(student, spec, datamodule, tokenizer, image_size)
+        student_config = _student_config(student, spec, datamodule, tokenizer, image_size, image_preprocessing)
         files = _write_files(scratch, student, student_config, tokenizer, onnx, opset)
         card = model_card(student_config, record.recipe, teacher, record.metrics, losses, record.training)
         atomic_write_bytes(safe_join(scratch, CARD_NAME), card.encode())
@@ -138,19 +145,39 @@ def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_s
     return ExportResult(Path(out_dir), sorted(files), dict(record.metrics))
 
 
-def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, tokenizer: Any,
-                    image_size: int | None) -> dict[str, Any]:
-    from distill.data.batch import PIXEL_MEAN, PIXEL_STD
+def resolve_preprocessing(student: nn.Module, datamodule: Any, side: str,
+                          given: ImagePreprocessing | None = None) -> ImagePreprocessing:
+    """How ``student.encode_<side>`` saw its images in training: ``given``, else the data module's
+    ``image_preprocessing()``, else the tower's ``preprocessing``; never a default."""
+    if given is not None:
+        return given
+    hook = getattr(datamodule, "image_preprocessing", None)
+    if callable(hook):
+        return hook()
+    tower = getattr(student, f"tower_{side}", None)
+    found = getattr(tower, "preprocessing", None)
+    if isinstance(found, ImagePreprocessing):
+        return found
+    source = f"the data module {type(datamodule).__name__} has no image_preprocessing()" if datamodule is not None \
+        else "no data module was given"
+    raise InputError(f"cannot export {type(student).__name__}: how its tower {side} images were preprocessed in "
+                     f"training is unknown ({source}); export with the recipe's data module (`distill export --config "
+                     "<recipe>`) or pass image_preprocessing=")
 
+
+def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, tokenizer: Any,
+                    image_size: int | None, preprocessing: ImagePreprocessing | None = None) -> dict[str, Any]:
     towers: dict[str, dict[str, Any]] = {}
     for side in ("a", "b"):
         modality = tower_modality(student, side)
         if modality == "image":
-            size = (image_size or getattr(student, "image_size", None) or getattr(datamodule, "image_size", None)
-                    or DEFAULT_IMAGE_SIZE)
-            towers[side] = {"modality": "image", "inputs": ["pixel_values"], "image_size": int(size),
-                            "pixel_mean": _floats(getattr(datamodule, "pixel_mean", PIXEL_MEAN)),
-                            "pixel_std": _floats(getattr(datamodule, "pixel_std", PIXEL_STD))}
+            steps = resolve_preprocessing(student, datamodule, side, preprocessing)
+            if image_size is not None and int(image_size) != steps.size:
+                raise InputError(f"--image-size {image_size}: the student was trained on {steps.size} px images "
+                                 f"({steps.resize} resize); leave --image-size out or set it to {steps.size}")
+            towers[side] = {"modality": "image", "inputs": ["pixel_values"], "image_size": steps.size,
+                            "pixel_mean": list(steps.mean), "pixel_std": list(steps.std),
+                            "preprocessing": steps.to_json()}
         else:
             vocab = text_vocab_size(student, side)
             if tokenizer is not None:
@@ -166,13 +193,6 @@ def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, t
             "embedding": {"kind": embedding_kind(student), "dim": dim}, "tokenizer": tokenizer is not None}
 
 
-def _floats(value: Any) -> float | list[float]:
-    """A scalar or per-channel normalisation constant as JSON numbers."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    return [float(item) for item in value]
-
-
 def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], tokenizer: Any, onnx: bool,
                  opset: int) -> list[str]:
     """The weights in the ecosystem layout that fits the student, the config, the tokenizer, the ONNX graphs."""
@@ -183,6 +203,10 @@ def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], 
     student_config["onnx"] = bool(onnx)
     atomic_write_json(safe_join(out, CONFIG_NAME), student_config)
     files += [*layout.files, CONFIG_NAME]
+    for name, payload in timm_configs(student, student_config).items():
+        safe_join(out, name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(safe_join(out, name), payload)
+        files.append(name)
     if onnx:
         for side, spec in student_config["towers"].items():
             export_onnx(student, side, spec, safe_join(out, spec["onnx"]), opset)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from distill.data.image_preprocessing import ImagePreprocessing, three_channels
 from distill.errors import InputError
 
-__all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tokenize"]
+__all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tokenize", "tower_preprocessing"]
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,21 @@ def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side:
             bar.update(len(chunk))
 
 
-def load_image(path: str | os.PathLike[str], size: int, mean: float | Sequence[float],
-               std: float | Sequence[float]) -> dict[str, Tensor]:
-    """An image file -> ``{"pixel_values": [1, 3, size, size]}``, resized and normalised ``(x/255 - mean)/std``.
+def tower_preprocessing(spec: dict[str, Any], where: str) -> ImagePreprocessing:
+    """The image preprocessing an export's tower spec records; an export written before the record existed
+    said only ``image_size`` / ``pixel_mean`` / ``pixel_std`` of a square resize, and gets exactly that."""
+    if "preprocessing" in spec:
+        return ImagePreprocessing.from_json(spec["preprocessing"], where)
+    try:
+        return ImagePreprocessing(size=int(spec["image_size"]), resize="square", center_crop=False,
+                                  interpolation="bilinear", mean=three_channels(spec["pixel_mean"]),
+                                  std=three_channels(spec["pixel_std"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{where}: the image tower spec is malformed ({error}): export the student again") from None
 
-    ``mean`` / ``std`` are scalars or per-channel (RGB) sequences.
-    """
+
+def load_image(path: str | os.PathLike[str], preprocessing: ImagePreprocessing) -> dict[str, Tensor]:
+    """An image file -> ``{"pixel_values": [1, 3, size, size]}`` through the student's preprocessing as trained."""
     from PIL import Image, UnidentifiedImageError
 
     source = Path(path)
@@ -80,11 +89,8 @@ def load_image(path: str | os.PathLike[str], size: int, mean: float | Sequence[f
         raise InputError(f"--image '{source}' does not exist")
     try:
         with Image.open(source) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise InputError(f"--image '{source}' is not an image Pillow can read ({type(error).__name__}): pass a "
                          "PNG or JPEG file") from None
-    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    return {"pixel_values": ((pixels / 255.0 - mean_t) / std_t).unsqueeze(0)}
+    return {"pixel_values": preprocessing(rgb).unsqueeze(0)}

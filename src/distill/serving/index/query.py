@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from distill.errors import InputError
-from distill.serving.index.corpus import CorpusItem, encode_texts, load_image, tokenize
+from distill.serving.index.corpus import CorpusItem, encode_texts, load_image, tokenize, tower_preprocessing
 from distill.serving.index.folder import open_index, student_fingerprint
 
 __all__ = ["Hit", "format_hits", "rerank", "search"]
@@ -58,8 +58,8 @@ def search(index_dir: str | os.PathLike[str], query: str | None = None, image: s
         if image is not None:
             if towers["a"]["modality"] != "image":
                 raise InputError(f"student '{folder}' has no image tower: search it with --query")
-            spec = towers["a"]
-            vector = student.encode_a(load_image(image, spec["image_size"], spec["pixel_mean"], spec["pixel_std"]))
+            steps = tower_preprocessing(towers["a"], f"'{folder}'")
+            vector = student.encode_a(load_image(image, steps))
         else:
             side = "a" if towers["a"]["modality"] == "text" else "b"
             vector = torch.cat(list(encode_texts(student, load_tokenizer(folder), [query], side,
@@ -85,8 +85,9 @@ def rerank(hits: list[Hit], teacher_dir: str, image: str | None, student_dir: st
     if not hits:
         return hits
     teacher = ShapesCrossEncoder.from_pretrained(teacher_dir).freeze()
-    spec = read_student_config(student_dir)["towers"]["a"]
-    pixels = load_image(image, teacher.config.image_size, spec["pixel_mean"], spec["pixel_std"])
+    steps = tower_preprocessing(read_student_config(student_dir)["towers"]["a"], f"'{student_dir}'")
+    pixels = load_image(image, replace(steps, size=teacher.config.image_size, resize="square", center_crop=False,
+                                       processor=None))
     texts = tokenize(load_tokenizer(student_dir), [hit.item.text for hit in hits], teacher.config.max_length)
     a_index = torch.zeros(len(hits), dtype=torch.long)
     scores = teacher.score_pairs(pixels, texts, a_index, torch.arange(len(hits))).tolist()
