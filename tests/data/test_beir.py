@@ -120,3 +120,14 @@ def test_judged_passages_outside_the_encoded_corpus_count_as_missed() -> None:
     metrics = text_retrieval_metrics(queries, corpus, torch.arange(2), torch.arange(3), relevance)
     assert metrics["mrr@10"] == pytest.approx(100.0)
     assert metrics["recall@100"] == pytest.approx(75.0)
+
+
+def test_indexing_a_split_reads_no_training_data(beir_dir: Path, tiny_models) -> None:
+    """`distill index` lists the passages of the split it indexes: neither the train qrels nor a train file exist."""
+    (beir_dir / "qrels" / "train.tsv").unlink()
+    (beir_dir / "train_triples.jsonl").unlink()
+    module = BeirTextDataModule(data_dir=str(beir_dir), student_tokenizer=str(tiny_models.bert), val_split=None)
+    rows = module.b_texts("test")
+    assert [row for row, _, _ in rows] == list(range(6)) and rows[0][2].endswith("paris is the capital of france")
+    with pytest.raises(DataError, match="no training data"):
+        module.setup("fit")

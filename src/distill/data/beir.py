@@ -145,7 +145,7 @@ class BeirTextDataModule(L.LightningDataModule):
         self._relevance: dict[str, Relevance] = {}
         self._eval_queries: dict[str, list[int]] = {}
         self._eval_corpus: dict[str, Sequence[int]] = {}
-        self._ready = False
+        self._ready = self._tables_read = False
         self.truncation = {
             "query": TruncationLog(OWNER, "queries", "data.init_args.query_max_length"),
             "passage": TruncationLog(OWNER, "passages", "data.init_args.passage_max_length"),
@@ -285,23 +285,32 @@ class BeirTextDataModule(L.LightningDataModule):
         """Read the corpus, queries, qrels and training rows once; check every id."""
         if self._ready:
             return
-        self.corpus = TextTable.read(self.data_dir / "corpus.jsonl", self.use_title)
-        self.queries = TextTable.read(self.data_dir / "queries.jsonl")
+        self._read_tables()
         self.train_items = self._read_train()
         if not self.train_items:
             raise DataError(f"{OWNER}: no usable training items in '{self.data_dir}'")
         for name, split in (("val", self.val_split), ("test", self.test_split)):
-            if split is None:
-                continue
-            self._relevance[name] = self._read_eval(split)
-            self._eval_queries[name] = sorted(self._relevance[name])
-            corpus: Sequence[int] = range(len(self.corpus))
-            if self.limit_corpus is not None:
-                judged = {p for grades in self._relevance[name].values() for p in grades if p >= 0}
-                corpus = sorted(set(corpus[: self.limit_corpus]) | judged)
-            self._eval_corpus[name] = corpus
+            if split is not None and name not in self._relevance:
+                self._read_stage(name, split)
         self.bad_items.summary()
         self._ready = True
+
+    def _read_tables(self) -> None:
+        """``corpus.jsonl`` and ``queries.jsonl`` (once)."""
+        if not self._tables_read:
+            self.corpus = TextTable.read(self.data_dir / "corpus.jsonl", self.use_title)
+            self.queries = TextTable.read(self.data_dir / "queries.jsonl")
+            self._tables_read = True
+
+    def _read_stage(self, name: str, split: str) -> None:
+        """The judgments of evaluation stage ``name`` (``qrels/<split>.tsv``) and the corpus rows it ranks."""
+        self._relevance[name] = self._read_eval(split)
+        self._eval_queries[name] = sorted(self._relevance[name])
+        corpus: Sequence[int] = range(len(self.corpus))
+        if self.limit_corpus is not None:
+            judged = {p for grades in self._relevance[name].values() for p in grades if p >= 0}
+            corpus = sorted(set(corpus[: self.limit_corpus]) | judged)
+        self._eval_corpus[name] = corpus
 
     # ------------------------------------------------------------------ evaluation support
     def relevance(self, stage: str) -> Relevance:
@@ -314,12 +323,16 @@ class BeirTextDataModule(L.LightningDataModule):
     def b_texts(self, split: str) -> list[tuple[int, int, str]]:
         """``(passage row, -1, passage)`` of the passages ``split`` ("val" / "test") ranks, for ``distill index``.
 
-        Every text is read into memory, as the index's ``items.json`` keeps them.
+        Every text is read into memory, as the index's ``items.json`` keeps them. Reads only the corpus, the
+        queries and ``split``'s judgments (not the training data).
         """
-        self.setup()
-        if split not in self._eval_corpus:
-            raise InputError(f"--split {split}: {OWNER} ranks passages for {sorted(self._eval_corpus)} (its val_split / "
+        stages = {name: value for name, value in (("val", self.val_split), ("test", self.test_split)) if value}
+        if split not in stages:
+            raise InputError(f"--split {split}: {OWNER} ranks passages for {sorted(stages)} (its val_split / "
                              "test_split qrels); pass one of those")
+        self._read_tables()
+        if split not in self._eval_corpus:
+            self._read_stage(split, stages[split])
         rows = self._eval_corpus[split]
         return [(int(row), -1, text) for row, text in zip(rows, self.corpus.texts(list(rows)))]
 
