@@ -159,3 +159,33 @@ def test_onnx_exports_at_either_end_of_the_supported_opsets(tmp_path: Path, tiny
     got = session.run(None, {key: value.numpy() for key, value in batch["b"].items()})[0]
     with torch.no_grad():
         assert np.abs(got - student.encode_b(batch["b"]).numpy()).max() < 1e-4
+
+
+def test_shared_text_encoder_exports_one_onnx_graph_for_both_sides(tmp_path: Path, tokenizer_dir: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX parity check needs onnxruntime")
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from tests.helpers import BERT_TINY
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    spec = {"class_path": "distill.students.TextDualEncoder",
+            "init_args": {"config": {**BERT_TINY, "vocab_size": len(tokenizer)}, "shared": True}}
+    student = build(spec).eval()
+    data = SimpleNamespace(tokenizer=tokenizer, query_max_length=8, passage_max_length=24)
+    result = export_student(student, tmp_path / "out", student_spec=spec, datamodule=data)
+    graphs = sorted(name for name in result.files if name.endswith(".onnx"))
+    towers = read_student_config(tmp_path / "out")["towers"]
+    assert graphs == ["encoder.onnx"] and towers["a"]["onnx"] == towers["b"]["onnx"] == "encoder.onnx"
+    assert "encoder.onnx" in (tmp_path / "out" / CARD_NAME).read_text()
+    session = ort.InferenceSession(str(tmp_path / "out" / towers["b"]["onnx"]), providers=["CPUExecutionProvider"])
+    loaded = load_student(tmp_path / "out")
+    for side, texts, length in (("a", ["who wrote hamlet"], 8),
+                                ("b", ["paris is the capital of france", "the nile"], 24)):
+        inputs = tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
+        feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        with torch.no_grad():
+            want = getattr(loaded, f"encode_{side}")(feed).numpy()
+        got = session.run(None, {key: value.numpy() for key, value in feed.items()})[0]
+        assert np.abs(got - want).max() < 1e-4

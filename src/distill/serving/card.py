@@ -73,7 +73,10 @@ def load_section(student_config: Mapping[str, Any]) -> list[str]:
     lines = ["## Load", "", "| tool | how |", "|---|---|",
              "| distill | `distill.load_student(folder)`, `distill.load_tokenizer(folder)` |"]
     if student_config.get("onnx", True):
-        lines.append("| ONNX Runtime | `onnxruntime.InferenceSession(folder + '/tower_a.onnx')` (and `tower_b.onnx`); "
+        graphs = list(dict.fromkeys(tower.get("onnx", f"tower_{side}.onnx")
+                                    for side, tower in student_config["towers"].items()))
+        which = f" (and `{graphs[1]}`)" if len(graphs) > 1 else " (both sides)"
+        lines.append(f"| ONNX Runtime | `onnxruntime.InferenceSession(folder + '/{graphs[0]}')`{which}; "
                      "inputs in `student_config.json` |")
     if ecosystem["layout"] != "distill":
         lines.append(f"| {ecosystem['layout']} | {ecosystem['note']} |")

@@ -13,7 +13,8 @@
   (``CLIPImageProcessor``) for a CLIP student, ``tower_<side>/config.json`` (timm's ``pretrained_cfg``)
   for a timm tower;
 * the tokenizer files (``save_pretrained`` of the data module's tokenizer), when there is one;
-* ``tower_a.onnx`` / ``tower_b.onnx``: one graph per tower (dynamic batch; dynamic sequence for text);
+* ``tower_a.onnx`` / ``tower_b.onnx``: one graph per tower (dynamic batch; dynamic sequence for text), or one
+  ``encoder.onnx`` that both sides name when the student shares one text encoder;
 * ``README.md``: a model card (teacher, losses and weights, data, measured test results, how to load it).
 
 The folder is built in a temporary sibling and put in place in one step (:func:`distill.io.atomic_folder`):
@@ -40,9 +41,10 @@ from distill.errors import InputError
 from distill.io import atomic_folder, atomic_write_bytes, atomic_write_json
 from distill.serving.card import RecipeSpec, model_card, teacher_description
 from distill.serving.ecosystem import describe, timm_configs, write_layout
-from distill.serving.loading import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, ONNX_NAMES
+from distill.serving.loading import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, ONNX_NAMES, SHARED_ONNX_NAME
 from distill.serving.onnx import DEFAULT_OPSET, export_onnx, sample_inputs
-from distill.serving.student_spec import embedding_kind, self_contained_spec, text_vocab_size, tower_modality
+from distill.serving.student_spec import (embedding_kind, self_contained_spec, shares_encoder, text_vocab_size,
+                                          tower_modality)
 
 DEFAULT_MAX_LENGTH = 32
 
@@ -136,7 +138,7 @@ def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_s
     tokenizer = getattr(datamodule, "tokenizer", None) or getattr(datamodule, "student_tokenizer", None)
     losses = _module_record(module, record, spec)
     teacher = teacher_description(record.recipe.teacher if record.recipe else None, getattr(module, "teacher", None))
-    with _serving_mode(student, top_k), atomic_folder(out_dir, "export folder") as scratch:
+    with _serving_mode(student, top_k), atomic_folder(out_dir, "export folder", kind="export") as scratch:
         student_config = _student_config(student, spec, datamodule, tokenizer, image_size, image_preprocessing)
         files = _write_files(scratch, student, student_config, tokenizer, onnx, opset)
         card = model_card(student_config, record.recipe, teacher, record.metrics, losses, record.training)
@@ -186,7 +188,7 @@ def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, t
             max_length = side_length or getattr(datamodule, "max_length", None) or DEFAULT_MAX_LENGTH
             towers[side] = {"modality": "text", "inputs": ["input_ids", "attention_mask"],
                             "max_length": int(max_length), "vocab_size": vocab}
-        towers[side]["onnx"] = ONNX_NAMES[side]
+        towers[side]["onnx"] = SHARED_ONNX_NAME if shares_encoder(student) else ONNX_NAMES[side]
     with torch.no_grad():
         dim = int(student.encode_b(sample_inputs(towers["b"], batch=2)).shape[-1])
     return {"format_version": FORMAT_VERSION, "student": spec, "towers": towers,
@@ -209,8 +211,9 @@ def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], 
         files.append(name)
     if onnx:
         for side, spec in student_config["towers"].items():
-            export_onnx(student, side, spec, safe_join(out, spec["onnx"]), opset)
-            files.append(spec["onnx"])
+            if spec["onnx"] not in files:  # a shared encoder: one graph serves both sides
+                export_onnx(student, side, spec, safe_join(out, spec["onnx"]), opset)
+                files.append(spec["onnx"])
     return files
 
 

@@ -18,9 +18,10 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "student_config.json"
 CARD_NAME = "README.md"
 ONNX_NAMES = {"a": "tower_a.onnx", "b": "tower_b.onnx"}
+SHARED_ONNX_NAME = "encoder.onnx"  # one graph for both sides of a shared encoder (towers.<side>.onnx names it)
 
-__all__ = ["CARD_NAME", "CONFIG_NAME", "FORMAT_VERSION", "ONNX_NAMES", "WEIGHTS_NAME", "export_state_dict",
-           "load_student", "load_tokenizer", "read_student_config", "weight_files"]
+__all__ = ["CARD_NAME", "CONFIG_NAME", "FORMAT_VERSION", "ONNX_NAMES", "SHARED_ONNX_NAME", "WEIGHTS_NAME",
+           "export_state_dict", "load_student", "load_tokenizer", "read_student_config", "weight_files"]
 
 
 def read_student_config(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["embedding_kind", "self_contained_spec", "text_vocab_size", "tower_modality"]
+__all__ = ["embedding_kind", "self_contained_spec", "shares_encoder", "text_vocab_size", "tower_modality"]
 
 
 def self_contained_spec(spec: Mapping[str, Any], module: nn.Module) -> dict[str, Any]:
@@ -91,6 +91,12 @@ def text_vocab_size(student: nn.Module, side: str) -> int:
     if size is None:
         raise ValueError(f"cannot find the vocabulary size of {type(student).__name__}.encode_{side}")
     return int(size)
+
+
+def shares_encoder(student: nn.Module) -> bool:
+    """Whether ``encode_a`` and ``encode_b`` are one function: a text student with one shared encoder."""
+    return bool(getattr(student, "shared", False)) and getattr(student, "tower_b", False) is None \
+        and tower_modality(student, "a") == tower_modality(student, "b") == "text"
 
 
 def embedding_kind(student: nn.Module) -> str:
