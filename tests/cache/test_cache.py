@@ -178,9 +178,74 @@ def test_resolve_cached_candidates_keeps_present_ids_in_cached_order() -> None:
     assert teacher.tolist() == [[5.0, 3.0, 2.0, 0.0], [6.0, 1.0, 3.0, 2.0]]
 
 
-def test_cached_batches_hold_seed_candidates(built_cache: Path) -> None:
+def test_random_cached_batches_are_the_data_modules_batches_with_their_candidates_as_extras(
+        built_cache: Path) -> None:
+    inner = ShapesDataModule(num_train=NUM_TRAIN, batch_size=12, **DATA)
+    datamodule = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=3)
+    datamodule.setup("fit")
+    plain = list(inner.train_dataloader())
+    cached = list(datamodule.train_dataloader())
+    assert len(cached) == len(plain) == 48 // 12
+    tables = datamodule.tables
+    for ours, theirs in zip(cached, plain):  # same random anchors in the same order: in-batch negatives stay random
+        assert torch.equal(ours["b_id"], theirs["b_id"]) and torch.equal(ours["a"]["pixel_values"],
+                                                                          theirs["a"]["pixel_values"])
+        items = torch.tensor([tables.item_of_b[b_id] for b_id in ours["b_id"].tolist()])
+        extra = ours["teacher_cache_extra"]
+        assert extra["b_id"].shape == extra["a_id"].shape == (12 * 3,)
+        assert extra["b_id"].tolist() == tables.a2b_ids[items, :3].reshape(-1).tolist()  # first 3 cached, in order
+        assert extra["a_id"].tolist() == tables.b2a_ids[items, :3].reshape(-1).tolist()
+        collate, dataset = inner.train_dataloader().collate_fn, inner.dataset("train")
+        b_holders = [tables.item_of_b[b_id] for b_id in extra["b_id"].tolist() if b_id >= 0]
+        a_holders = [tables.items_of_a[a_id][0] for a_id in extra["a_id"].tolist() if a_id >= 0]
+        assert b_holders and a_holders
+        expected_b = collate([dataset[item] for item in b_holders])["b"]["input_ids"]
+        expected_a = collate([dataset[item] for item in a_holders])["a"]["pixel_values"]
+        width = expected_b.shape[1]
+        assert torch.equal(extra["b"]["input_ids"][extra["b_id"] >= 0][:, :width], expected_b)
+        assert torch.equal(extra["a"]["pixel_values"][extra["a_id"] >= 0], expected_a)
+    with pytest.raises(ValueError, match="candidates_per_anchor must be between 1 and the cache's K = 4"):
+        bad = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=5)
+        bad.setup("fit")
+        bad.train_dataloader()
+    with pytest.raises(ValueError, match=r"data.init_args.batching must be one of \['random', 'grouped'\]"):
+        CachedCandidatesDataModule(inner, batching="topic")
+
+
+def test_extra_candidates_are_scored_by_the_student_with_their_cached_teacher_scores(built_cache: Path) -> None:
+    """Each valid candidate column of a random cached batch is the anchor's cached candidate: the student's score is
+    the anchor embedding times that item's embedding, the teacher score the cached one."""
+    inner = ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA)
+    datamodule = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=2)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    torch.manual_seed(0)
+    module = DistillationModule(make_student(), None, {"infonce": InfoNCE(), "cprd": CPRD(top_m=2)},
+                                num_hard_negatives=4, candidates=CachedCandidates(str(built_cache))).eval()
+    with torch.no_grad():
+        inputs, stats = module.build_loss_inputs(batch)
+        images = module.student.encode_a(batch["a"])
+        captions = module.student.encode_b(batch["b"])
+        extra_captions = module.student.encode_b(batch["teacher_cache_extra"]["b"])
+        extra_images = module.student.encode_a(batch["teacher_cache_extra"]["a"])
+    cache, extra = batch["teacher_cache"], batch["teacher_cache_extra"]
+    assert stats["teacher_pairs"] == 0 and stats["cached_negatives_a2b"] > 0
+    for direction, anchors, columns, column_ids in (
+            ("a2b", images, torch.cat([captions, extra_captions]), torch.cat([batch["b_id"], extra["b_id"]])),
+            ("b2a", captions, torch.cat([images, extra_images]), torch.cat([batch["a_id"], extra["a_id"]]))):
+        expected, teacher = resolve_cached_candidates(cache[f"{direction}_ids"], cache[f"{direction}_scores"],
+                                                      cache["pair_scores"], column_ids, 4)
+        scores = getattr(inputs, direction)
+        assert torch.equal(scores.valid, expected.valid)
+        assert int(scores.valid[:, 1:].sum()) >= int((extra[f"{'b' if direction == 'a2b' else 'a'}_id"] >= 0).sum())
+        student = (anchors @ columns.T).gather(1, expected.index)
+        assert torch.allclose(scores.student[scores.valid], student[expected.valid], atol=1e-5)
+        assert torch.allclose(scores.teacher[scores.valid], teacher[expected.valid], atol=1e-6)
+
+
+def test_grouped_cached_batches_hold_seed_candidates(built_cache: Path) -> None:
     datamodule = CachedCandidatesDataModule(ShapesDataModule(num_train=NUM_TRAIN, batch_size=12, **DATA),
-                                            cache_dir=str(built_cache))
+                                            cache_dir=str(built_cache), batching="grouped")
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     batches = list(loader)

@@ -1,26 +1,31 @@
-"""Training from a teacher cache: batches that bring each anchor's cached candidates along.
+"""Training from a teacher cache: batches whose anchors bring their cached candidates along.
 
 :class:`CachedCandidatesDataModule` wraps the recipe's data module. Validation, test and predict loaders
-are the wrapped module's; the train loader differs in two ways:
+are the wrapped module's; the train loader adds the cache, in one of two ways (``batching``):
 
-* :class:`CandidateGroupBatchSampler` fills each batch of ``B`` items breadth-first over the *candidate
-  graph*: from a seed item (drawn from the loader's sampler, shuffled per epoch) it adds the items holding
-  the seed's cached candidates (the captions of its a2b list, one caption of each image of its b2a list;
-  an image already in the batch is not added twice), then their candidates, and so on, starting from the
-  next seed when a neighbourhood is exhausted. The current student then scores the candidates in-batch, so
-  a step costs what an InfoNCE step costs, and in-batch negatives are hard ones (topic-aware batching, as
-  in TAS-B). Expanding breadth-first, rather than taking one seed and its candidates at a time, keeps
-  mutual neighbours together: more anchors find their candidates in the batch (on the demo data with an
-  InfoNCE-warmed student, about 6 of K=8 per anchor at B=64, against about 4).
-* :class:`CachedCollate` adds ``batch["teacher_cache"]`` (see
-  :data:`distill.cache.format.CACHE_FIELDS`): per item, its a2b and b2a cached candidate ids and
-  teacher scores and the teacher score of its own pair. The module resolves the ids to batch columns.
+* ``"random"`` (the default, as dense retrievers train on mined negatives: DPR, ANCE, Tevatron): the wrapped
+  module's own shuffle and batches, so in-batch negatives stay random, and each anchor brings its first
+  ``candidates_per_anchor`` cached candidates per direction as *extra* items that the student encodes
+  (:mod:`distill.cache.extras`). Resumable mid-epoch like every train loader (:mod:`distill.data.sampling`).
+* ``"grouped"``: :class:`CandidateGroupBatchSampler` fills each batch of ``B`` items breadth-first over the
+  *candidate graph*: from a seed item (drawn from a shuffled sampler) it adds the items holding the seed's
+  cached candidates (the captions of its a2b list, one caption of each image of its b2a list; an image
+  already in the batch is not added twice), then their candidates, and so on, starting from the next seed
+  when a neighbourhood is exhausted. The student then scores the candidates in-batch, so a step encodes no
+  more than an InfoNCE step, but every in-batch negative is a hard one (topic-aware batching, as in TAS-B).
+  Measured on the shapes grid split (docs/benchmarks.md): with InfoNCE in the loss this collapses, because
+  the student cannot separate a batch of near-duplicates and InfoNCE drives the learnable temperature up
+  until every score ties. Kept for students that can (and for losses without InfoNCE).
 
-The epoch has ``len(sampler) // B`` batches (the last partial batch is dropped). Seeds already placed
-in an earlier batch of the epoch are skipped; items may appear in several batches as candidates, so an epoch
-visits hard items more often than easy ones (on the demo data about half of the items per epoch). Under
-DDP, Lightning injects a ``DistributedSampler`` into the batch sampler (it subclasses ``BatchSampler``
-and takes ``sampler``): each rank draws its seeds from its own shard of the items.
+:class:`CachedCollate` adds ``batch["teacher_cache"]`` (see :data:`distill.cache.format.CACHE_FIELDS`): per
+item, its a2b and b2a cached candidate ids and teacher scores and the teacher score of its own pair, and, with
+random batching, ``batch["teacher_cache_extra"]``. The candidate source resolves the ids to batch columns.
+
+Grouped batching: the epoch has ``len(sampler) // B`` batches (the last partial batch is dropped). Seeds
+already placed in an earlier batch of the epoch are skipped; items may appear in several batches as
+candidates, so an epoch visits hard items more often than easy ones. Under DDP, Lightning injects a
+``DistributedSampler`` into the batch sampler (it subclasses ``BatchSampler`` and takes ``sampler``): each
+rank draws its seeds from its own shard of the items.
 """
 
 from __future__ import annotations
@@ -36,17 +41,25 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
-from distill.cache.format import CACHE_BATCH_KEY, TeacherCache, data_identity, load_cache, verify_manifest
+from distill.cache.extras import CandidateExtras
+from distill.cache.format import (CACHE_BATCH_KEY, CACHE_EXTRA_KEY, TeacherCache, data_identity, load_cache,
+                                  verify_manifest)
 from distill.data.common import DataError
 from distill.data.items import PairCorpus, corpus_from_datamodule
+from distill.data.sampling import EpochShuffleSampler, resumable_train_loader
 
 __all__ = [
+    "BATCHING",
     "CachedCandidatesDataModule",
     "CachedCollate",
     "CandidateGroupBatchSampler",
     "CandidateTables",
     "IndexedDataset",
 ]
+
+
+BATCHING = ("random", "grouped")
+DEFAULT_CANDIDATES_PER_ANCHOR = 2
 
 
 @dataclass(frozen=True)
@@ -120,11 +133,14 @@ class IndexedDataset(Dataset[tuple[int, Any]]):
 
 
 class CachedCollate:
-    """The wrapped data's collate plus ``batch["teacher_cache"]`` for the batched items."""
+    """The wrapped data's collate plus ``batch["teacher_cache"]`` for the batched items, and with ``extras``
+    ``batch["teacher_cache_extra"]`` (their cached candidates as extra items)."""
 
-    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]], tables: CandidateTables) -> None:
+    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]], tables: CandidateTables,
+                 extras: CandidateExtras | None = None) -> None:
         self.collate = collate
         self.tables = tables
+        self.extras = extras
 
     def __call__(self, pairs: Sequence[tuple[int, Any]]) -> dict[str, Any]:
         batch = self.collate([example for _, example in pairs])
@@ -133,6 +149,8 @@ class CachedCollate:
             raise ValueError("the wrapped collate function dropped items (unreadable images?); cached batches "
                              "need every item")
         batch[CACHE_BATCH_KEY] = self.tables.fields(items)
+        if self.extras is not None:
+            batch[CACHE_EXTRA_KEY] = self.extras(items)
         return batch
 
 
@@ -234,20 +252,30 @@ class CachedCandidatesDataModule(L.LightningDataModule):
     Args:
         data: the data module whose train split the cache was built from.
         cache_dir: the cache folder; default: the attached model's ``teacher_cache`` (its CachedCandidates path).
-        group_negatives: cached candidates per direction that each item brings into its batch (default: K).
-        seed: seeds the per-epoch shuffle of seed items.
+        batching: ``"random"`` (default): the wrapped module's random batches, each anchor bringing
+            ``candidates_per_anchor`` cached candidates per direction as extra items; ``"grouped"``: batches
+            grown over the candidate graph (see the module docstring and its measured collapse).
+        candidates_per_anchor: cached candidates per direction that each item brings (random batching:
+            default 2, each costs one more encoded item per side and anchor; grouped batching: default K).
+        seed: seeds the shuffle of seed items (grouped batching; random batching keeps the wrapped module's).
 
     ``setup("fit")`` loads the cache and refuses it (naming the field) when its data fingerprint, split or
     items differ from the wrapped module's. Attributes this class lacks (``tokenizer``, ``vocab_size``,
     ``dataset()``...) are the wrapped module's.
     """
 
-    def __init__(self, data: L.LightningDataModule, cache_dir: str | None = None,
-                 group_negatives: int | None = None, seed: int = 0) -> None:
+    def __init__(self, data: L.LightningDataModule, cache_dir: str | None = None, batching: str = "random",
+                 candidates_per_anchor: int | None = None, seed: int = 0) -> None:
         super().__init__()
+        if batching not in BATCHING:
+            raise ValueError(f"data.init_args.batching must be one of {list(BATCHING)}, got {batching!r}")
+        if candidates_per_anchor is not None and candidates_per_anchor < (1 if batching == "random" else 0):
+            raise ValueError(f"data.init_args.candidates_per_anchor must be >= {1 if batching == 'random' else 0} "
+                             f"with batching {batching!r}, got {candidates_per_anchor}")
         self.data = data
         self.cache_dir = cache_dir
-        self.group_negatives = group_negatives
+        self.batching = batching
+        self.candidates_per_anchor = candidates_per_anchor
         self.seed = seed
         self.cache: TeacherCache | None = None
         self.tables: CandidateTables | None = None
@@ -304,9 +332,17 @@ class CachedCandidatesDataModule(L.LightningDataModule):
         if inner.batch_size is None:
             raise ValueError(f"{type(self.data).__name__}.train_dataloader() has no batch_size; the cached batches "
                              "need one")
+        if self.batching == "random":
+            per_anchor = self.candidates_per_anchor or min(DEFAULT_CANDIDATES_PER_ANCHOR, self.tables.a2b_ids.shape[1])
+            extras = CandidateExtras(inner.dataset, inner.collate_fn, self.tables, per_anchor)
+            sampler = inner.sampler
+            seed = sampler.seed if isinstance(sampler, EpochShuffleSampler) else self.seed
+            return resumable_train_loader(IndexedDataset(inner.dataset), inner.batch_size, seed,
+                                          CachedCollate(inner.collate_fn, self.tables, extras), inner.num_workers,
+                                          drop_last=True)
         sampler = RandomSampler(inner.dataset, generator=torch.Generator().manual_seed(self.seed))
         batch_sampler = CandidateGroupBatchSampler(sampler, inner.batch_size, True, tables=self.tables,
-                                                   group_negatives=self.group_negatives)
+                                                   group_negatives=self.candidates_per_anchor)
         return DataLoader(IndexedDataset(inner.dataset), batch_sampler=batch_sampler,
                           collate_fn=CachedCollate(inner.collate_fn, self.tables), num_workers=inner.num_workers,
                           persistent_workers=inner.num_workers > 0)

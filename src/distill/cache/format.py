@@ -37,6 +37,7 @@ from distill.io import read_json
 
 __all__ = [
     "CACHE_BATCH_KEY",
+    "CACHE_EXTRA_KEY",
     "CACHE_FIELDS",
     "CacheMismatchError",
     "DIRECTIONS",
@@ -62,6 +63,9 @@ CACHE_BATCH_KEY = "teacher_cache"
 # a2b_ids / b2a_ids long [B, K] (candidate b / a ids, -1 padding), a2b_scores / b2a_scores float32 [B, K],
 # pair_scores float32 [B] (the teacher score of the item's own pair).
 CACHE_FIELDS: tuple[str, ...] = ("a2b_ids", "a2b_scores", "b2a_ids", "b2a_scores", "pair_scores")
+# ``batch[CACHE_EXTRA_KEY]`` (random batching): the cached candidates the batch's anchors bring as extra items,
+# ``b`` / ``b_id`` [B*n] (a2b candidates) and ``a`` / ``a_id`` [B*n] (b2a candidates); see distill.cache.extras.
+CACHE_EXTRA_KEY = "teacher_cache_extra"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DIRECTIONS: tuple[str, str] = ("a2b", "b2a")

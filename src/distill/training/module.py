@@ -217,7 +217,7 @@ class DistillationModule(L.LightningModule):
             a=Side(emb_a, a_id, b_id, lambda: distributed.gather_inputs(_view(batch, "a"))),
             b=Side(emb_b, b_id, a_id, lambda: distributed.gather_inputs(_view(batch, "b"))),
             similarity=emb_a @ emb_b.T, batch=batch, k=self.num_hard_negatives,
-            live_teacher=self.scorer is not None, encode_b=self.student.encode_b,
+            live_teacher=self.scorer is not None, encode_b=self.student.encode_b, encode_a=self.student.encode_a,
         )
 
     def build_loss_inputs(self, batch: Mapping[str, Any]) -> tuple[LossInputs, dict[str, float]]:
@@ -295,7 +295,7 @@ class DistillationModule(L.LightningModule):
             num_negatives=self.num_hard_negatives,
             log_figure=log_figure if hasattr(experiment, "add_figure") else None,
             embedding_stats=getattr(self.student, "embedding_stats", None), device=self.device,
-            partial=self._evaluates_part_of(stage),
+            partial=self._evaluates_part_of(stage), b_tie_keys=getattr(datamodule, "tie_keys", None),
         )
 
     def _evaluates_part_of(self, stage: str) -> bool:

@@ -8,6 +8,8 @@
   and counts it (``mode="skip"``).
 * :class:`SparseCollapseGuard`: a sparse student whose vectors on one side have had no non-zero weight
   for a few steps (every score tied, no gradient left) stops with what to do instead of training on.
+* :class:`ContrastiveCollapseGuard`: a run whose InfoNCE loss has sat at ``ln(B)`` (every score tied) for
+  ``patience`` steps stops with what to change.
 * :class:`InterruptCheckpoint`: SIGTERM / SIGINT during ``fit`` save ``last.ckpt`` at the end of the
   current batch, then exit with status 128 + signal; ``fit --ckpt_path last`` resumes.
 * :class:`RandomStateCheckpoint`: every checkpoint carries the random generators' states, so a resumed
@@ -16,6 +18,7 @@
   output is not a terminal, where the progress bar would be noise.
 """
 
+from distill.training.callbacks.collapse import ContrastiveCollapseError, ContrastiveCollapseGuard
 from distill.training.callbacks.compatibility import CompatibilityCheck, IncompatibleModelsError, embedding_vocab_size
 from distill.training.callbacks.interrupt import InterruptCheckpoint, TrainingInterrupted
 from distill.training.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
@@ -25,6 +28,8 @@ from distill.training.callbacks.sparse import SparseCollapseError, SparseCollaps
 
 __all__ = [
     "CompatibilityCheck",
+    "ContrastiveCollapseError",
+    "ContrastiveCollapseGuard",
     "IncompatibleModelsError",
     "InterruptCheckpoint",
     "NonFiniteGuard",

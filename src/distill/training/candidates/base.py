@@ -45,7 +45,8 @@ class Side:
 @dataclass
 class StepView:
     """What every source reads: both sides, ``similarity = a @ b.T`` ``[B, B]``, this process's batch, K, whether
-    a live teacher scores pairs, and the student's b encoder (for extra b items such as listed negatives)."""
+    a live teacher scores pairs, and the student's encoders (for extra items such as listed negatives or cached
+    candidates)."""
 
     a: Side
     b: Side
@@ -54,6 +55,7 @@ class StepView:
     k: int
     live_teacher: bool
     encode_b: Callable[[Inputs], Tensor] = field(repr=False, default=lambda inputs: torch.zeros(0))
+    encode_a: Callable[[Inputs], Tensor] = field(repr=False, default=lambda inputs: torch.zeros(0))
 
     @property
     def size(self) -> int:

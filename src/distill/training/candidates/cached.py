@@ -3,11 +3,13 @@
 Mining semantics of cache-based training. The cache holds, per anchor, the top-K negatives that the
 *building* student ranked highest over the *whole training split* (offline corpus mining, as in ANCE or
 TAS-B), each with its teacher score. :class:`~distill.cache.CachedCandidatesDataModule` composes
-every batch so that anchors arrive together with their cached candidates; here each anchor keeps the
-cached candidates that are present in the (global) batch, in cached order, and the current student
-scores them in-batch (``similarity.gather``). Cached candidates missing from the batch are padding
-(``valid=False``), exactly like the padding of :func:`distill.mining.mine_hard_negatives`. Column 0 is
-the anchor's own pair, scored by the cached pair score.
+every batch so that anchors arrive together with their cached candidates: by default as *extra* items
+(``batch["teacher_cache_extra"]``, random batching), which the student encodes here with its own towers
+(with gradient) and appends after the batch's columns, or as members of the batch itself (grouped
+batching). Each anchor keeps the cached candidates present among the (global) columns, in cached order,
+and the current student scores them. Cached candidates that are absent are padding (``valid=False``),
+exactly like the padding of :func:`distill.mining.mine_hard_negatives`. Column 0 is the anchor's own
+pair, scored by the cached pair score.
 
 Compared with live mining, the candidates are chosen by the building student over the whole split
 (not by the current student over the batch) and image duplicates cannot occur: an image that appears
@@ -21,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.cache.format import CACHE_BATCH_KEY, read_manifest, verify_manifest
+from distill.cache.format import CACHE_BATCH_KEY, CACHE_EXTRA_KEY, read_manifest, verify_manifest
 from distill import distributed
-from distill.training.candidates.base import CandidateSource, DirectionCandidates, StepView
+from distill.training.candidates.base import CandidateSource, DirectionCandidates, Extra, StepView
 from distill.training.mining import Candidates, clamp_k
 
 __all__ = ["CachedCandidates", "resolve_cached_candidates"]
@@ -73,12 +75,27 @@ class CachedCandidates(CandidateSource):
         fields = {key: distributed.gather_tensor(cached[key]) for key in
                   (f"{direction}_ids", f"{direction}_scores", "pair_scores")}
         columns = step.b.ids if direction == "a2b" else step.a.ids
-        k = clamp_k(step.k, step.size)
+        extra = self._extra(step, direction)
+        k = clamp_k(step.k, step.size) if extra is None else step.k
+        if extra is not None:
+            columns = torch.cat([columns, extra.ids])
         candidates, teacher = resolve_cached_candidates(fields[f"{direction}_ids"], fields[f"{direction}_scores"],
                                                         fields["pair_scores"], columns, k)
         present = float(candidates.valid[:, 1:].sum()) / max(step.size, 1)
-        return DirectionCandidates(candidates.index, candidates.valid, teacher,
+        return DirectionCandidates(candidates.index, candidates.valid, teacher, extra,
                                    stats={f"cached_negatives_{direction}": present})
+
+    @staticmethod
+    def _extra(step: StepView, direction: str) -> Extra | None:
+        """The extra items the batch's anchors brought for ``direction``, encoded by the student (with gradient):
+        b items (a2b columns) or a items (b2a columns); ``None`` for grouped batches."""
+        extras = step.batch.get(CACHE_EXTRA_KEY)
+        if extras is None:
+            return None
+        side = "b" if direction == "a2b" else "a"
+        encode = step.encode_b if side == "b" else step.encode_a
+        embeddings = distributed.gather_with_grad(encode(extras[side]))
+        return Extra(embeddings, distributed.gather_tensor(extras[f"{side}_id"]))
 
 
 @torch.no_grad()

@@ -1,0 +1,78 @@
+"""Cached candidates as extra items: each anchor of a random batch brings its cached candidates along.
+
+Dense retrievers train on mined negatives this way (DPR, ANCE, Tevatron, sentence-transformers' mined
+triplets): a batch holds ``B`` random pairs, so its in-batch negatives stay random, and every anchor adds
+``n`` of its mined candidates as *extra* items that the student encodes too. Here the candidates and their
+teacher scores come from the teacher-score cache, so the teacher never runs in training.
+
+For the items ``I`` of a batch, :class:`CandidateExtras` returns ``batch[CACHE_EXTRA_KEY]``:
+
+* ``b`` / ``b_id``: the other-side inputs and ids of the first ``n`` cached a2b candidates of each item's a
+  id, ``[B*n]`` (row ``i*n + j`` is item ``i``'s ``j``-th candidate); the a2b direction's extra columns;
+* ``a`` / ``a_id``: the same for the first ``n`` cached b2a candidates of each item's b id (its extra rows
+  of the a side, the b2a direction's extra columns).
+
+A slot whose cached candidate is padding (id -1) loads the anchor's own item and keeps the id -1, so it
+never matches a candidate (:func:`~distill.training.candidates.cached.resolve_cached_candidates`) and every
+batch has exactly ``B*n`` extras per side (equal shapes across DDP processes). The student encodes
+``B*(1+n)`` items per side per step instead of ``B``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["CandidateExtras"]
+
+
+class CandidateExtras:
+    """Loads each batched item's first ``per_anchor`` cached candidates per direction (see the module docstring).
+
+    Args:
+        dataset: the wrapped data module's train dataset (items in cache order).
+        collate: its collate function (``list[example] -> batch`` with ``a``, ``b``, ``a_id``, ``b_id``).
+        tables: the per-item cache tables (:class:`~distill.cache.data.CandidateTables`).
+        per_anchor: ``n``, candidates per anchor and direction (at most the cache's K).
+    """
+
+    def __init__(self, dataset: Dataset[Any], collate: Callable[[list[Any]], Mapping[str, Any]], tables: Any,
+                 per_anchor: int) -> None:
+        width = int(tables.a2b_ids.shape[1])
+        if not 1 <= per_anchor <= width:
+            raise ValueError(f"candidates_per_anchor must be between 1 and the cache's K = {width}, got {per_anchor}")
+        self.dataset = dataset
+        self.collate = collate
+        self.tables = tables
+        self.per_anchor = int(per_anchor)
+
+    def _holders(self, anchors: Tensor, ids: Tensor, holder_of: Callable[[int], int]) -> list[int]:
+        """The dataset item that holds each candidate id (``[B, n]``), else the anchor's own item."""
+        anchor_rows = anchors.unsqueeze(1).expand_as(ids)
+        return [holder if candidate >= 0 and (holder := holder_of(candidate)) >= 0 else int(anchor)
+                for candidate, anchor in zip(ids.reshape(-1).tolist(), anchor_rows.reshape(-1).tolist())]
+
+    def _side(self, holders: Sequence[int], side: str) -> Any:
+        batch = self.collate([self.dataset[item] for item in holders])
+        if int(batch[f"{side}_id"].shape[0]) != len(holders):
+            raise ValueError("the wrapped collate function dropped extra items (unreadable images?); cached "
+                             "candidates need every item")
+        return batch[side]
+
+    def __call__(self, items: Tensor) -> dict[str, Any]:
+        """``batch[CACHE_EXTRA_KEY]`` for the batched ``items`` (``[B]`` long)."""
+        tables, n = self.tables, self.per_anchor
+        b_ids = tables.a2b_ids[items, :n]  # [B, n] b ids: the a2b candidates of each item's image / query
+        a_ids = tables.b2a_ids[items, :n]  # [B, n] a ids: the b2a candidates of each item's caption / passage
+        b_holders = self._holders(items, b_ids, lambda b_id: tables.item_of_b.get(b_id, -1))
+        a_holders = self._holders(items, a_ids, lambda a_id: (tables.items_of_a.get(a_id) or [-1])[0])
+        resolved_b = torch.tensor([tables.item_of_b.get(i, -1) >= 0 for i in b_ids.reshape(-1).tolist()])
+        resolved_a = torch.tensor([a_id in tables.items_of_a for a_id in a_ids.reshape(-1).tolist()])
+        return {
+            "b": self._side(b_holders, "b"), "b_id": torch.where(resolved_b, b_ids.reshape(-1), -1),
+            "a": self._side(a_holders, "a"), "a_id": torch.where(resolved_a, a_ids.reshape(-1), -1),
+        }
