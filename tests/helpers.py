@@ -283,6 +283,28 @@ def write_beir(root: Path, with_scores: bool = True) -> Path:
     return root
 
 
+def write_tied_beir(root: Path, seed: int = 0) -> Path:
+    """A BEIR folder whose passages repeat (same text, other id), whose numeric ids are in neither numeric nor string
+    order in the file, and whose queries share words with many passages: scores tie often."""
+    import random
+
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS[:12]) for _ in range(3)) for _ in range(30)]
+    texts += [rng.choice(texts) for _ in range(30)]  # duplicate passages
+    ids = rng.sample(range(1, 400), len(texts))       # numeric: "9" > "100" as strings
+    root.mkdir()
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n"
+                                               for i, t in zip(ids, texts)))
+    queries = {f"q{n}": " ".join(rng.choice(WORDS[:12]) for _ in range(2)) for n in range(25)}
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (root / "qrels").mkdir()
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{i}\t{rng.randint(0, 2)}" for q in queries
+                                              for i in rng.sample(ids, rng.randint(1, 4))]
+    for split in ("train", "test"):
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 # ---------------------------------------------------------------------------------------------- classes recipes load
 class PauseAfterStep(L.Callback):
     """From global step ``step`` on, writes ``marker`` and sleeps ``pause`` seconds after every batch.

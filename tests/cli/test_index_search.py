@@ -152,3 +152,38 @@ def test_paired_data_lists_a_splits_captions_in_loader_order(tmp_path: Path) -> 
     assert len(rows) == 6 and all(text for _, _, text in rows)
     with pytest.raises(InputError, match=r"--split dev: PairedImageTextDataModule has the splits"):
         data.b_texts("dev")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+def test_search_breaks_score_ties_by_document_id_as_trec_eval(tmp_path: Path, tokenizer_dir: Path,
+                                                               backend: str) -> None:
+    """Duplicate passages tie; the hits list them by descending ``_id`` string (trec_eval's order), not by file row,
+    also where the tie straddles the k-th place."""
+    import collections
+
+    from transformers import AutoTokenizer
+
+    from distill.data import BeirTextDataModule
+    from distill.serving.index.query import search
+    from tests.helpers import BERT_TINY, write_tied_beir
+
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    init_args = {"data_dir": str(write_tied_beir(tmp_path / "beir")), "student_tokenizer": str(tokenizer_dir),
+                 "val_split": None, "passage_max_length": 16}
+    data = BeirTextDataModule(**init_args)
+    spec = {"class_path": "distill.students.TextDualEncoder", "init_args": {
+        "config": {**BERT_TINY, "vocab_size": len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))}}}
+    export_student(build(spec), tmp_path / "student", student_spec=spec, datamodule=data, onnx=False)
+    (tmp_path / "beir.yaml").write_text(yaml.safe_dump({"class_path": "distill.data.BeirTextDataModule",
+                                                        "init_args": init_args}))
+    index_main(["--student", str(tmp_path / "student"), "--data", str(tmp_path / "beir.yaml"), "--out",
+                str(tmp_path / "index"), "--backend", backend, "--no-progress"])
+    rows = data.b_texts("test")
+    text, copies = collections.Counter(text for _, _, text in rows).most_common(1)[0]
+    duplicates = [data.corpus.id_of(row) for row, _, passage in rows if passage == text]  # file order
+    trec_order = sorted(duplicates, reverse=True)
+    assert copies >= 3 and duplicates != trec_order
+    for k in (copies, copies - 1):
+        hits = search(tmp_path / "index", query=text, k=k)
+        assert [data.corpus.id_of(hit.item.id) for hit in hits] == trec_order[:k]

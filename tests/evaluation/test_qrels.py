@@ -8,6 +8,7 @@ import pytrec_eval
 import torch
 
 from distill.evaluation import qrels_metrics, top_k
+from tests.helpers import write_tied_beir
 
 
 def _docno(passage: int) -> str:
@@ -55,3 +56,48 @@ def test_a_query_without_relevant_passages_scores_zero_and_is_counted() -> None:
 def test_a_judged_query_that_was_not_encoded_is_an_error() -> None:
     with pytest.raises(ValueError, match="judged queries .* were not encoded"):
         qrels_metrics(torch.tensor([[1]]), torch.tensor([0]), {0: {1: 1.0}, 9: {1: 1.0}})
+
+
+def _bag_of_words(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Token counts folded into 6 dimensions: integer embeddings, so scores are exact and identical texts tie."""
+    counts = torch.nn.functional.one_hot(inputs["input_ids"] % 6, 6) * inputs["attention_mask"].unsqueeze(-1)
+    return counts.sum(1).float()
+
+
+def test_qrels_evaluator_equals_pytrec_eval_with_ties_duplicates_and_numeric_ids(tmp_path, tiny_models) -> None:
+    from distill.data import BeirTextDataModule
+    from distill.evaluation import EvalContext, QrelsEvaluator
+
+    module = BeirTextDataModule(data_dir=str(write_tied_beir(tmp_path / "beir")), student_tokenizer=str(tiny_models.bert),
+                                val_split=None, num_negatives=0, eval_batch_size=7)
+    module.setup("test")
+    evaluator = QrelsEvaluator(two_stage_k=0, diagnostics=False, query_chunk=4, key_chunk=9)
+    embeddings: dict[str, dict[str, torch.Tensor]] = {"a": {}, "b": {}}
+
+    def evaluate(tie_keys) -> dict[str, float]:
+        for loader in module.test_dataloader():
+            for batch in loader:
+                evaluator.update("student", batch, _bag_of_words, _bag_of_words)
+                side, table = ("a", module.queries) if "a" in batch else ("b", module.corpus)
+                for row, vector in zip(batch[f"{side}_id"].tolist(), _bag_of_words(batch[side])):
+                    embeddings[side][table.id_of(row)] = vector
+        return evaluator.compute(EvalContext("test", relevance=lambda: module.relevance("test"),
+                                             b_tie_keys=tie_keys))["student"]
+
+    ours = evaluate(module.tie_keys)
+    qrels = {}
+    for line in (tmp_path / "beir" / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        query, passage, grade = line.split("\t")
+        qrels.setdefault(query, {})[passage] = int(grade)
+    run = {q: {p: float(a @ b) for p, b in embeddings["b"].items()} for q, a in embeddings["a"].items()}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10])  # trec_eval's order
+             for q, docs in run.items()}
+    mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    count = len(qrels)
+    assert ours["queries"] == count == len(full)
+    assert ours["ndcg@10"] == pytest.approx(100 * sum(v["ndcg_cut_10"] for v in full.values()) / count, abs=1e-9)
+    assert ours["recall@100"] == pytest.approx(100 * sum(v["recall_100"] for v in full.values()) / count, abs=1e-9)
+    assert ours["mrr@10"] == pytest.approx(100 * sum(v["recip_rank"] for v in mrr.values()) / count, abs=1e-9)
+    by_row = evaluate(None)  # ties broken by file row: the set is one where that order matters
+    assert abs(by_row["mrr@10"] - ours["mrr@10"]) > 1e-6 or abs(by_row["ndcg@10"] - ours["ndcg@10"]) > 1e-6

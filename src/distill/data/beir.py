@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from distill.data.beir_batches import BeirItemStore, RowDataset, TextCollator, TrainItem, TripleDataset
@@ -319,6 +321,11 @@ class BeirTextDataModule(L.LightningDataModule):
             raise RuntimeError(f"{OWNER}: no qrels for stage '{stage}' (set data.init_args.{stage}_split; "
                                "call setup())")
         return self._relevance[stage]
+
+    def tie_keys(self, rows: Tensor) -> Tensor:
+        """Corpus ``rows [n]`` -> ``[n]`` int64 keys ordered as their ``_id`` strings are (byte order): ranking breaks
+        score ties by the larger key first, as trec_eval breaks them by the larger document id."""
+        return torch.from_numpy(self.corpus.places(rows.cpu().numpy()))
 
     def b_texts(self, split: str) -> list[tuple[int, int, str]]:
         """``(passage row, -1, passage)`` of the passages ``split`` ("val" / "test") ranks, for ``distill index``.

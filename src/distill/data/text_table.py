@@ -77,6 +77,7 @@ class TextTable:
         self._offsets = offsets
         self._ids = ids
         self._order = np.argsort(ids, kind="stable").astype(np.intp)
+        self._place: np.ndarray | None = None
         self._empty = empty
         self._size = size
         self._map: mmap.mmap | bytes | None = None
@@ -142,7 +143,7 @@ class TextTable:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_map"] = None
+        state["_map"] = state["_place"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -184,6 +185,14 @@ class TextTable:
         """The ids of ``rows`` (every row when ``None``), in order."""
         picked = self._ids if rows is None else self._ids[[self._row(row) for row in rows]]
         return [key.decode("utf-8") for key in picked.tolist()]
+
+    def places(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's place in the byte order of the ids (``strcmp``'s, as trec_eval sorts document numbers):
+        ``[n]`` int64. The inverse of the id order is built on first use (8 bytes per row)."""
+        if self._place is None:
+            self._place = np.empty(len(self._order), dtype=np.int64)
+            self._place[self._order] = np.arange(len(self._order), dtype=np.int64)
+        return self._place[np.asarray(rows, dtype=np.int64)]
 
     def row_of(self, key: str) -> int | None:
         """The row of id ``key``, ``None`` when no line has it."""

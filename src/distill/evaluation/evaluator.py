@@ -50,7 +50,8 @@ class EvalContext:
     judgments (qrels evaluators); ``num_negatives``: K of the diagnostics; ``log_figure(tag, figure)``;
     ``embedding_stats(embeddings) -> {name: value}`` (sparse students: non-zeros per vector); ``partial``: only
     some batches of the split were encoded (Lightning's sanity check, ``limit_*_batches``, ``fast_dev_run``),
-    so metrics cover the encoded queries only.
+    so metrics cover the encoded queries only; ``b_tie_keys(b ids [n]) -> [n]``: keys ordered as the b items'
+    document ids are (score ties go to the larger key, as trec_eval's to the larger id; default: the ids).
     """
 
     stage: str
@@ -62,6 +63,7 @@ class EvalContext:
     embedding_stats: Callable[[Tensor], Mapping[str, Any]] | None = None
     device: torch.device | str = "cpu"
     partial: bool = False
+    b_tie_keys: Callable[[Tensor], Tensor] | None = None
 
 
 class RetrievalEvaluator:
@@ -156,15 +158,18 @@ class RetrievalEvaluator:
         return self.evaluate_teacher and scorer is not None and bool(getattr(scorer.teacher, "has_embeddings", False))
 
     # ------------------------------------------------------------------ computing
-    def rank(self, split: EncodedSplit, depth: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        """Each direction's top-``depth`` positions, exhaustive over the split, in chunks."""
+    def rank(self, split: EncodedSplit, depth: int, device: torch.device | str = "cpu",
+             b_tie_keys: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        """Each direction's top-``depth`` positions, exhaustive over the split, in chunks; b items tied on score
+        are ordered by ``b_tie_keys(b_ids)`` (default: their ids), larger first."""
         lists: dict[str, Tensor] = {}
         duplicates = ~split.b_keep
         mask = (lambda rows, start, stop: duplicates[start:stop].unsqueeze(0).expand(rows.numel(), -1)) \
             if bool(duplicates.any()) else None
         for direction in self.directions:
             if direction == "a2b":
-                ranking = top_k(split.a.to(device), split.b, depth, split.b_ids, mask, self.query_chunk, self.key_chunk)
+                keys = split.b_ids if b_tie_keys is None else b_tie_keys(split.b_ids)
+                ranking = top_k(split.a.to(device), split.b, depth, keys, mask, self.query_chunk, self.key_chunk)
             else:
                 keep = torch.nonzero(split.b_keep).flatten()
                 queries = torch.cat([torch.as_tensor(shard) for shard in split.b])
@@ -209,7 +214,7 @@ class RetrievalEvaluator:
         split = self._buffers["student"].finalize()
         two_stage = self.two_stage_k > 0 and ctx.stage in self.two_stage_at and ctx.scorer is not None
         depth = max(self.depth(), self.two_stage_k if two_stage else 0)
-        lists = self.rank(split, depth, ctx.device)
+        lists = self.rank(split, depth, ctx.device, ctx.b_tie_keys)
         results: Results = {"student": {**self.metrics(split, lists, ctx), **self._stats(split, ctx)}}
         if two_stage:
             reranked, pairs = self.rerank_lists(split, lists, ctx)
@@ -220,7 +225,7 @@ class RetrievalEvaluator:
             results["diagnostics"] = self.hard_negative_agreement(split, ctx)
         if "teacher" in self._buffers and ctx.scorer is not None:
             teacher_split = self._buffers["teacher"].finalize()
-            teacher_lists = self.rank(teacher_split, max(self.depth(), self.two_stage_k), ctx.device)
+            teacher_lists = self.rank(teacher_split, max(self.depth(), self.two_stage_k), ctx.device, ctx.b_tie_keys)
             results["teacher_itc"] = self.metrics(teacher_split, teacher_lists, ctx)
             if self.two_stage_k:
                 reranked, pairs = self.rerank_lists(teacher_split, teacher_lists, ctx)

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from distill.data.image_preprocessing import ImagePreprocessing, three_channels
 from distill.errors import InputError
 
-__all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tokenize", "tower_preprocessing"]
+__all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tie_order", "tokenize", "tower_preprocessing"]
 
 
 @dataclass(frozen=True)
@@ -27,23 +28,36 @@ class CorpusItem:
 
 
 def split_items(datamodule: Any, split: str) -> list[CorpusItem]:
-    """The b items of ``split`` in loader order.
+    """The b items of ``split`` in tie order (:func:`tie_order`).
 
     Uses ``datamodule.b_texts(split) -> [(id, a_id, text), ...]`` when the data module defines it,
     else the corpus of :class:`distill.data.ShapesDataModule`.
     """
     hook = getattr(datamodule, "b_texts", None)
     if callable(hook):
-        return [CorpusItem(int(i), int(a), str(t)) for i, a, t in hook(split)]
-    datamodule.setup("test")
-    corpus = getattr(datamodule, "corpus", None)
-    if corpus is None or not hasattr(corpus, "caption_id"):
-        raise ValueError(
-            f"{type(datamodule).__name__} exposes no raw texts: give it a `b_texts(split)` method returning "
-            "(id, a_id, text) rows"
-        )
-    return [CorpusItem(int(corpus.caption_id(item.image_id, index)), int(item.image_id), caption)
-            for item in corpus.split(split) for index, caption in enumerate(item.captions)]
+        items = [CorpusItem(int(i), int(a), str(t)) for i, a, t in hook(split)]
+    else:
+        datamodule.setup("test")
+        corpus = getattr(datamodule, "corpus", None)
+        if corpus is None or not hasattr(corpus, "caption_id"):
+            raise ValueError(
+                f"{type(datamodule).__name__} exposes no raw texts: give it a `b_texts(split)` method returning "
+                "(id, a_id, text) rows"
+            )
+        items = [CorpusItem(int(corpus.caption_id(item.image_id, index)), int(item.image_id), caption)
+                 for item in corpus.split(split) for index, caption in enumerate(item.captions)]
+    return [items[row] for row in tie_order(datamodule, [item.id for item in items]).tolist()]
+
+
+def tie_order(datamodule: Any, ids: Sequence[int]) -> np.ndarray:
+    """The permutation listing ``ids`` by descending document id: ``datamodule.tie_keys`` (BEIR: the ``_id``
+    strings' byte order) or else the ids. Every backend breaks score ties by the lower row, so an index whose
+    rows follow this order breaks them by the larger document id, as trec_eval and evaluation do."""
+    keys = torch.as_tensor(list(ids), dtype=torch.long)
+    hook = getattr(datamodule, "tie_keys", None)
+    if callable(hook) and len(keys):
+        keys = hook(keys)
+    return np.argsort(-np.asarray(keys, dtype=np.int64), kind="stable")
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:

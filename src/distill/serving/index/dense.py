@@ -24,6 +24,11 @@ def merge_top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarra
     num_queries, width = scores.shape
     if width > k:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+        for query in np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k):  # ties straddle the cut
+            candidates = np.flatnonzero(scores[query] >= kth[query])
+            order = np.lexsort((rows[query, candidates], -scores[query, candidates]))
+            part[query] = candidates[order[:k]]
         scores = np.take_along_axis(scores, part, axis=1)
         rows = np.take_along_axis(rows, part, axis=1)
     order = np.lexsort((rows, -scores), axis=1)
@@ -74,12 +79,9 @@ class DenseIndex:
         best_rows = np.empty((len(queries), 0), np.int64)
         for start in range(0, len(self), chunk_size):
             block = self._scores(queries, start, start + chunk_size)
-            rows = np.arange(start, start + block.shape[1], dtype=np.int64)
+            rows = np.broadcast_to(np.arange(start, start + block.shape[1], dtype=np.int64), block.shape)
             if block.shape[1] > k:  # the chunk's own top k first: merging then touches 2k columns, not the chunk
-                part = np.argpartition(-block, k - 1, axis=1)[:, :k]
-                block, rows = np.take_along_axis(block, part, axis=1), rows[part]
-            else:
-                rows = np.broadcast_to(rows, block.shape)
+                block, rows = merge_top_k(block, rows, k)
             best_scores, best_rows = merge_top_k(np.concatenate([best_scores, block], axis=1),
                                                  np.concatenate([best_rows, rows], axis=1), k)
             best_scores, best_rows = best_scores[:, :k], best_rows[:, :k]
