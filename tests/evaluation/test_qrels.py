@@ -68,8 +68,8 @@ def test_qrels_evaluator_equals_pytrec_eval_with_ties_duplicates_and_numeric_ids
     from distill.data import BeirTextDataModule
     from distill.evaluation import EvalContext, QrelsEvaluator
 
-    module = BeirTextDataModule(data_dir=str(write_tied_beir(tmp_path / "beir")), student_tokenizer=str(tiny_models.bert),
-                                val_split=None, num_negatives=0, eval_batch_size=7)
+    module = BeirTextDataModule(data_dir=str(write_tied_beir(tmp_path / "beir")), val_split=None, num_negatives=0,
+                                student_tokenizer=str(tiny_models.bert), eval_batch_size=7)
     module.setup("test")
     evaluator = QrelsEvaluator(two_stage_k=0, diagnostics=False, query_chunk=4, key_chunk=9)
     embeddings: dict[str, dict[str, torch.Tensor]] = {"a": {}, "b": {}}
