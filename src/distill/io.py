@@ -140,35 +140,65 @@ def _folder_busy(message: str) -> Exception:
     return FolderBusyError(message)
 
 
+_HELD_LOCKS: dict[str, int] = {}
+"""Lock files this process holds, with their depth: an inner :func:`folder_lock` of the same path re-enters."""
+
+
 @contextmanager
 def folder_lock(target: str | os.PathLike[str], what: str = "folder") -> Iterator[None]:
     """Hold an exclusive lock on ``target`` (a ``.<name>.lock`` file beside it) or refuse at once.
 
     A second writer of the same folder gets :class:`~distill.errors.FolderBusyError` naming the folder instead of
-    interleaving its files with the first writer's. The lock is released when the block ends or the
-    process dies (``fcntl.flock``).
+    interleaving its files with the first writer's. The lock is released, and its file removed, when the block
+    ends (``fcntl.flock``: also when the process dies). A block inside another on the same path re-enters it.
     """
-    import fcntl
-
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
+    key = os.path.realpath(lock_path)
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    handle = _acquire(lock_path, path, what)
+    _HELD_LOCKS[key] = 1
     try:
-        handle = open(lock_path, "a+b")
-    except PermissionError:
-        from distill.errors import InputError
+        yield
+    finally:
+        del _HELD_LOCKS[key]
+        lock_path.unlink(missing_ok=True)  # still held: a process that opened this file finds it gone and retries
+        handle.close()
 
-        raise InputError(f"cannot write the {what} '{path}': permission denied in '{path.parent}'; choose a folder "
-                         "you can write to") from None
-    try:
+
+def _acquire(lock_path: Path, path: Path, what: str) -> IO[bytes]:
+    """Open and ``flock`` the lock file; retried when the file was removed by a writer that just finished."""
+    import fcntl
+
+    for _ in range(5):
+        try:
+            handle = open(lock_path, "a+b")
+        except PermissionError:
+            from distill.errors import InputError
+
+            raise InputError(f"cannot write the {what} '{path}': permission denied in '{path.parent}'; choose a "
+                             "folder you can write to") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise _folder_busy(f"another process is writing the {what} '{path}': wait for it to finish, or write "
                                "to another folder") from None
-        yield
-    finally:
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
         handle.close()
+    raise _folder_busy(f"another process keeps writing the {what} '{path}': wait for it to finish, or write to "
+                       "another folder")
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -187,17 +217,23 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 @contextmanager
-def atomic_folder(target: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
+def atomic_folder(target: str | os.PathLike[str], what: str = "folder", kind: str | None = None) -> Iterator[Path]:
     """Build a folder in a temporary sibling, then put it in place of ``target`` in one step.
 
     Yields the temporary folder. On success it replaces ``target`` (an existing folder is swapped out in one
     ``renameat2`` exchange where the system has it, else moved aside and removed after the rename), so a
     reader sees the old complete folder or the new complete one. On failure the temporary folder is removed
-    and ``target`` is untouched. The whole build holds :func:`folder_lock` on ``target``.
+    and ``target`` is untouched. The whole build holds :func:`folder_lock` on ``target``. With ``kind``, the
+    folder gets distill's mark (:func:`distill.outputs.write_mark`) and an existing ``target`` is replaced only
+    when :func:`distill.outputs.check_output` allows it (checked before the build and again before the swap).
     """
     import shutil
 
+    from distill.outputs import check_output, write_mark
+
     path = Path(target)
+    if kind is not None:
+        check_output(path, kind, "output")
     with folder_lock(path, what):
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # an earlier build killed before its rename
             shutil.rmtree(stale, ignore_errors=True)
@@ -207,6 +243,9 @@ def atomic_folder(target: str | os.PathLike[str], what: str = "folder") -> Itera
             os.chmod(scratch, 0o777 & ~_umask())
             for inner in scratch.rglob("*"):  # some writers create private (0600) files; give them the usual mode
                 os.chmod(inner, (0o777 if inner.is_dir() else 0o666) & ~_umask())
+            if kind is not None:
+                write_mark(scratch, kind)
+                check_output(path, kind, "output")
             if path.is_dir() and not path.is_symlink():
                 if not _exchange(scratch, path):
                     aside = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ import torch
 from distill.cache.build import BuildSettings, build_teacher_cache
 from distill.cli.args import CommandParser, positive_int
 from distill.errors import InputError
+from distill.outputs import check_output
 from distill.students.weights import load_student_weights
 
 __all__ = ["build_parser", "main", "process_share"]
@@ -66,6 +68,23 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def teacher_cache(folder: Path) -> bool:
+    """True when ``folder`` holds a teacher cache build (complete or partial), which a build resumes in place."""
+    import json
+
+    from distill.cache.format import FORMAT, MANIFEST_NAME
+    from distill.cache.shards import PLAN_NAME
+
+    for name in (MANIFEST_NAME, PLAN_NAME):
+        try:
+            header = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(header, dict) and header.get("format") == FORMAT:
+            return True
+    return False
+
+
 def _build_from_recipe(config: str, overrides: Sequence[str]) -> tuple[Any, Any]:
     from distill.cli.recipe import DistillCLI
 
@@ -79,6 +98,9 @@ def main(argv: list[str]) -> None:
     from distill.data.items import unwrap_datamodule
 
     args, overrides = build_parser().parse_known_args(argv)
+    inputs = {"--config": args.config, "--student-ckpt": args.student_ckpt}
+    if args.out is not None:
+        check_output(args.out, "teacher cache", "--out", inputs, recognise=teacher_cache)
     model, datamodule = _build_from_recipe(args.config, overrides)
     teacher, student = getattr(model, "teacher", None), getattr(model, "student", None)
     if student is None or teacher is None:
@@ -87,6 +109,8 @@ def main(argv: list[str]) -> None:
     out = args.out or getattr(model, "teacher_cache", None)
     if out is None:
         raise InputError("--out is required (the recipe's candidates read no teacher cache)")
+    check_output(out, "teacher cache", "--out" if args.out else "the recipe's teacher cache path", inputs,
+                 recognise=teacher_cache)
     if args.student_ckpt:
         load_student_weights(student, args.student_ckpt, option="--student-ckpt")
     rank, world_size = process_share(args.rank, args.world_size)

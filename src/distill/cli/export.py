@@ -18,6 +18,7 @@ from distill.cli.recipe import find_run_config, read_recipe
 from distill.errors import InputError, RecipeError
 from distill.instantiate import instantiate
 from distill.io import read_json
+from distill.outputs import claim_output
 from distill.serving.card import run_metrics
 from distill.serving.export import ExportResult, TrainingRecord, export_student
 from distill.serving.onnx import DEFAULT_OPSET, SUPPORTED_OPSETS
@@ -90,7 +91,9 @@ def main(argv: list[str]) -> None:
         metrics = read_json(args.metrics)
         if not isinstance(metrics, dict):
             raise InputError(f"--metrics '{args.metrics}' must hold a JSON object of metric -> value")
-    result = export_checkpoint(args.ckpt, args.out, config=args.config, overrides=overrides, metrics=metrics,
-                               onnx=not args.no_onnx, opset=args.opset, image_size=args.image_size,
-                               top_k_a=args.top_k_a, top_k_b=args.top_k_b)
+    inputs = {"--ckpt": args.ckpt, "--config": args.config, "--metrics": args.metrics}
+    with claim_output(args.out, "export", "--out", inputs):
+        result = export_checkpoint(args.ckpt, args.out, config=args.config, overrides=overrides, metrics=metrics,
+                                   onnx=not args.no_onnx, opset=args.opset, image_size=args.image_size,
+                                   top_k_a=args.top_k_a, top_k_b=args.top_k_b)
     print(f"exported the student to {result.out_dir}: {', '.join(result.files)}")

@@ -7,6 +7,7 @@ import sys
 from distill.cli.args import CommandParser, positive_int
 from distill.cli.recipe import load_datamodule
 from distill.io import read_json
+from distill.outputs import claim_output
 from distill.serving.index.backends import BACKENDS, EXTRAS, FAISS_TYPES, BackendSettings
 from distill.serving.index.folder import INDEX_META, build_index
 
@@ -22,6 +23,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("--out", required=True, help="index folder (built aside, then put in place in one step)")
     parser.add_argument("--chunk-size", type=positive_int, default=256, help="texts encoded per forward pass")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the export run code it names (class paths outside distill, trust_remote_code, "
+                             "auto_map); only for an export you trust")
     parser.add_argument("--backend", choices=sorted(BACKENDS),
                         help="faiss (dense; the dense default when installed), numpy (exact dense search, or "
                              "distill's inverted index: the sparse default), qdrant (dense or sparse; embedded, or "
@@ -61,9 +65,11 @@ def main(argv: list[str]) -> None:
                                ef_construction=args.ef_construction, ef_search=args.ef_search, url=args.url,
                                collection=args.collection, exact=args.exact, shards=args.shards,
                                replicas=args.replicas, query_cut=args.query_cut, heap_factor=args.heap_factor)
-    out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
-                      progress=not args.no_progress and sys.stderr.isatty(), weights=args.weights,
-                      top_k=args.top_k, source=args.data, settings=settings)
+    with claim_output(args.out, "index", "--out", {"--student": args.student, "--data": args.data}):
+        out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
+                          progress=not args.no_progress and sys.stderr.isatty(), weights=args.weights,
+                          top_k=args.top_k, source=args.data, settings=settings,
+                          trust_remote_code=args.trust_remote_code)
     meta = read_json(out / INDEX_META)
     url = (meta.get("backend_settings") or {}).get("url")
     where = (f"into the Qdrant collection {meta['collection_name']} (alias {args.collection}) at {url}; manifest "

@@ -11,17 +11,21 @@ teacher's score of every pair. See :mod:`distill.cache.mine`.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from distill.cache.mine import MineSettings, mine_training_file
 from distill.cli.args import CommandParser, positive_int
 from distill.errors import InputError
+from distill.outputs import claim_output
 from distill.students.weights import load_student_weights
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "mined_file"]
 
 
 def build_parser() -> CommandParser:
@@ -45,11 +49,28 @@ def build_parser() -> CommandParser:
 
 
 def main(argv: list[str]) -> None:
-    from distill.cli.recipe import DistillCLI, read_recipe
-
     args, overrides = build_parser().parse_known_args(argv)
     if not os.path.isfile(args.config):
         raise InputError(f"--config: recipe '{args.config}' does not exist")
+    inputs = {"--config": args.config, "--student-ckpt": args.student_ckpt}
+    with claim_output(args.out, "training file", "--out", inputs, file=mined_file):
+        _mine(args, overrides)
+
+
+def mined_file(path: Path) -> bool:
+    """True when ``path`` starts as the training files this command writes: a JSON object with the query's id and
+    its positive and negative passage ids."""
+    try:
+        with open(path, "rb") as handle:
+            first = json.loads(handle.readline(1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"query_id", "positive_ids", "negative_ids"} <= set(first)
+
+
+def _mine(args: argparse.Namespace, overrides: list[str]) -> None:
+    from distill.cli.recipe import DistillCLI, read_recipe
+
     data = (read_recipe(args.config, overrides).data or {}).get("class_path", "")
     if not str(data).endswith("BeirTextDataModule"):
         raise InputError(f"mining needs a BEIR text data module, not {str(data).rsplit('.', 1)[-1] or 'none'} "

@@ -72,9 +72,16 @@ def load_state_into(student: nn.Module, state: dict[str, Tensor]) -> tuple[list[
     return missing, list(unexpected)
 
 
-def load_student(folder: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild an exported student from ``student_config.json`` and its weights files; eval mode."""
+def load_student(folder: str | os.PathLike[str], trust_remote_code: bool = False) -> nn.Module:
+    """Rebuild an exported student from ``student_config.json`` and its weights files; eval mode.
+
+    Code the folder names (a class outside distill, ``trust_remote_code``, an ``auto_map``) is refused unless
+    ``trust_remote_code`` (:func:`distill.serving.remote_code.check_export_code`).
+    """
+    from distill.serving.remote_code import check_export_code
+
     config = read_student_config(folder)
+    check_export_code(folder, config, allow=trust_remote_code)
     student = instantiate(config["student"])
     missing, unexpected = load_state_into(student, export_state_dict(folder, config))
     if missing or unexpected:
@@ -85,11 +92,15 @@ def load_student(folder: str | os.PathLike[str]) -> nn.Module:
     return student.eval()
 
 
-def load_tokenizer(folder: str | os.PathLike[str]) -> Any:
-    """The tokenizer saved with an export (``AutoTokenizer.from_pretrained`` of the folder)."""
+def load_tokenizer(folder: str | os.PathLike[str], trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved with an export (``AutoTokenizer.from_pretrained`` of the folder); an ``auto_map`` in the
+    folder's configs is refused unless ``trust_remote_code``."""
+    from distill.serving.remote_code import check_folder_auto_map
+
     config = read_student_config(folder)
     if not config.get("tokenizer"):
         raise InputError(f"export '{folder}' was written without a tokenizer (its data module had none)")
+    check_folder_auto_map(folder, allow=trust_remote_code)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

@@ -28,6 +28,7 @@ from distill.serving.index.corpus import CorpusItem, encode_texts, split_items
 from distill.serving.index.dense import DenseIndex
 from distill.serving.index.sparse import SparseIndex, as_csr, prune_top_k_rows
 from distill.serving.loading import CONFIG_NAME, read_student_config, weight_files
+from distill.serving.remote_code import check_export_code
 
 INDEX_META = "index.json"
 ITEMS_NAME = "items.json"
@@ -77,10 +78,11 @@ def _check_request(student_dir: str | os.PathLike[str], config: dict[str, Any], 
 
 
 def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: list[CorpusItem],
-            chunk_size: int, progress: bool) -> np.ndarray | sp.csr_matrix:
+            chunk_size: int, progress: bool, trust_remote_code: bool = False) -> np.ndarray | sp.csr_matrix:
     from distill.serving.loading import load_student, load_tokenizer
 
-    student, tokenizer = load_student(student_dir), load_tokenizer(student_dir)
+    student = load_student(student_dir, trust_remote_code)
+    tokenizer = load_tokenizer(student_dir, trust_remote_code)
     chunks = encode_texts(student, tokenizer, [item.text for item in items], "b", config["towers"]["b"]["max_length"],
                           chunk_size, progress)
     if config["embedding"]["kind"] == "sparse":  # each chunk's dense [n, V] rows become CSR as they come
@@ -123,22 +125,24 @@ def _build_backend(settings: BackendSettings, vectors: np.ndarray | sp.csr_matri
 def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str,
                 out_dir: str | os.PathLike[str], chunk_size: int = 256, progress: bool = True,
                 weights: str = "float32", top_k: int | None = None, source: str = "",
-                settings: BackendSettings | None = None) -> Path:
+                settings: BackendSettings | None = None, trust_remote_code: bool = False) -> Path:
     """Encode ``split``'s b side with the exported student and write the index folder ``out_dir``.
 
     ``settings`` picks the backend and its options (default: :class:`BackendSettings`, numpy). Sparse
     students: ``weights`` picks the numpy posting format (``"float32"`` exact or ``"uint8"`` impacts, see
     :mod:`distill.serving.index.sparse`) and ``top_k`` keeps each item's ``k`` largest weights before
     indexing. ``source`` (the data file) is recorded in the manifest. Bad flags, a missing extra and a
-    server that does not answer are refused before anything is encoded or written.
+    server that does not answer are refused before anything is encoded or written, and so is code the export
+    names unless ``trust_remote_code`` (:func:`~distill.serving.remote_code.check_export_code`).
     """
     config = read_student_config(student_dir)
+    check_export_code(student_dir, config, allow=trust_remote_code)
     settings = _check_request(student_dir, config, settings or BackendSettings(), weights, top_k)
     fingerprint = student_fingerprint(student_dir)
     items = split_items(datamodule, split)
     if not items:
         raise InputError(f"split '{split}' of '{source}' is empty: nothing to index")
-    vectors = _encode(student_dir, config, items, chunk_size, progress)
+    vectors = _encode(student_dir, config, items, chunk_size, progress, trust_remote_code)
     previous = _previous_meta(out_dir)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "kind": config["embedding"]["kind"], "build_id": uuid.uuid4().hex,
@@ -148,7 +152,7 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
     }
     if meta["kind"] == "sparse":
         meta.update({"weights": weights, "top_k": top_k})
-    with atomic_folder(out_dir, "index folder") as scratch:
+    with atomic_folder(out_dir, "index folder", kind="index") as scratch:
         index, extra = _build_backend(settings, vectors, items, scratch, meta["build_id"], weights, top_k)
         meta.update({**extra, "bytes": index.nbytes})
         atomic_write_json(scratch / ITEMS_NAME, [asdict(item) for item in items])
