@@ -67,6 +67,18 @@ def opset(text: str) -> int:
     return value
 
 
+MAX_IMAGE_SIZE = 4096  # one traced 3 x 4096 x 4096 float image is 200 MB; 100,000 px would ask for 120 GB
+
+
+def image_size(text: str) -> int:
+    """An ``argparse`` type: an image side in pixels, 1 to :data:`MAX_IMAGE_SIZE`."""
+    value = positive_int(text)
+    if value > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_IMAGE_SIZE} pixels, got {value} (the ONNX export "
+                                         "traces one image of this side): give the side the student was trained at")
+    return value
+
+
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="distill export", description=__doc__.split("\n\n")[0],
                            epilog="Other --key value arguments override the recipe, as in `distill fit`.")
@@ -78,7 +90,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--opset", type=opset, default=DEFAULT_OPSET,
                         help=f"ONNX opset of the tower graphs, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} "
                              f"(default {DEFAULT_OPSET})")
-    parser.add_argument("--image-size", type=positive_int, help="image side of the ONNX image graph (default: the data's)")
+    parser.add_argument("--image-size", type=image_size, help="image side of the ONNX image graph (default: the data's)")
     parser.add_argument("--top-k-a", type=positive_int, help="sparse students: keep the k largest a-side weights")
     parser.add_argument("--top-k-b", type=positive_int, help="sparse students: keep the k largest b-side weights")
     return parser

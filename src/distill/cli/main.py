@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from distill.cli.quiet import configure_output
+from distill.cli.settings import check_environment
 from distill.errors import DistillError, InputError, RunError, one_line
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _flag(args, "--debug", DEBUG_ENV)
     configure_output(verbose=_flag(args, "--verbose"))
+    run_reporting_errors(check_environment, debug)  # before Lightning is imported: it reads some of them then
     if args and args[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[args[0]][0])
         run_reporting_errors(lambda: module.main(args[1:]), debug)

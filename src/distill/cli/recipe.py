@@ -20,6 +20,7 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from distill.cli.settings import check_optimization, check_trainer
 from distill.errors import DistillError, RecipeError, one_line, root_cause
 from distill.instantiate import instantiate
 from distill.serving.card import RecipeSpec
@@ -69,6 +70,13 @@ class DistillCLI(LightningCLI):
             check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
         super()._parse_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        # Lightning's Trainer raises tracebacks on these (or, for max_epochs=0, trains nothing): check them first.
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is not None:
+            check_trainer(_as_dict(trainer), self.subcommand)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -82,6 +90,8 @@ class DistillCLI(LightningCLI):
         for part, owner in ((getattr(self, "datamodule", None), "data"), (getattr(self, "model", None), "model")):
             if part is not None:
                 _report_setup_errors(part, owner)
+        if self.subcommand == "fit":
+            check_optimization(self.model)
 
 
 def _raised_by_lightning_settings(error: BaseException) -> bool:

@@ -44,8 +44,14 @@ def split_items(datamodule: Any, split: str) -> list[CorpusItem]:
                 f"{type(datamodule).__name__} exposes no raw texts: give it a `b_texts(split)` method returning "
                 "(id, a_id, text) rows"
             )
+        try:
+            rows = corpus.split(split)
+        except ValueError as error:
+            from distill.errors import InputError
+
+            raise InputError(f"--split {split}: {type(datamodule).__name__}: {error}") from None
         items = [CorpusItem(int(corpus.caption_id(item.image_id, index)), int(item.image_id), caption)
-                 for item in corpus.split(split) for index, caption in enumerate(item.captions)]
+                 for item in rows for index, caption in enumerate(item.captions)]
     return [items[row] for row in tie_order(datamodule, [item.id for item in items]).tolist()]
 
 

@@ -84,7 +84,10 @@ def rerank(hits: list[Hit], teacher_dir: str, image: str | None, student_dir: st
         raise InputError("--rerank-with scores (image, text) pairs with the cross-encoder: search with --image")
     if not hits:
         return hits
-    teacher = ShapesCrossEncoder.from_pretrained(teacher_dir).freeze()
+    try:
+        teacher = ShapesCrossEncoder.from_pretrained(teacher_dir).freeze()
+    except (FileNotFoundError, ValueError) as error:  # the teacher's own lines name its folder and what to do
+        raise InputError(f"--rerank-with: {error}") from None
     steps = tower_preprocessing(read_student_config(student_dir)["towers"]["a"], f"'{student_dir}'")
     pixels = load_image(image, replace(steps, size=teacher.config.image_size, resize="square", center_crop=False,
                                        processor=None))
