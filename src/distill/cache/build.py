@@ -23,6 +23,10 @@ is refused, naming the differing field.
 compute the shards ``i`` with ``i % world_size == rank`` of the same plan, into one shared folder; the
 process that finds every shard present and valid writes the manifest. No process group is needed.
 ``DISTILL_CACHE_SHARD_PAUSE=<seconds>`` sleeps after each shard (to test interruption).
+
+**Refreshing** (``refresh_from``, ``--refresh-from``): a new student re-mines, and every pair an earlier cache
+holds takes its score from there (:mod:`distill.cache.refresh`); the manifest names the earlier caches and
+counts the pairs reused and scored.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ from distill.cache.format import (
     teacher_identity,
     tensor_digest,
 )
+from distill.cache.refresh import KnownScores
 from distill.cache.shards import PLAN_NAME, Shard, ShardCheck, plan_shards
 from distill.data.batch import teacher_views
 from distill.data.items import PairCorpus, corpus_from_datamodule, unwrap_datamodule
@@ -106,9 +111,9 @@ class _Builder:
     """Computes the shards of one cache (see the module docstring)."""
 
     def __init__(self, student: nn.Module, scorer: TeacherScorer, corpus: PairCorpus, settings: BuildSettings,
-                 device: torch.device) -> None:
+                 device: torch.device, known: KnownScores | None = None) -> None:
         self.student, self.scorer, self.corpus = student, scorer, corpus
-        self.settings, self.device = settings, device
+        self.settings, self.device, self.known = settings, device, known
         self._embeddings: tuple[Tensor, Tensor] | None = None
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
@@ -121,10 +126,20 @@ class _Builder:
         view = teacher_views(self.corpus.load(items))[0 if side == "a" else 1]
         return to_device(view, self.device)
 
-    def _score(self, a_items: Tensor, b_items: Tensor) -> Tensor:
-        """Teacher scores ``[P]`` of (item ``a_items[p]``'s a side, item ``b_items[p]``'s b side)."""
+    def _teacher(self, a_items: Tensor, b_items: Tensor) -> Tensor:
         return self.scorer.score_loaded(lambda ids: self._load("a", ids), lambda ids: self._load("b", ids),
                                         a_items, b_items)
+
+    def _score(self, a_items: Tensor, b_items: Tensor) -> Tensor:
+        """Teacher scores ``[P]`` of (item ``a_items[p]``'s a side, item ``b_items[p]``'s b side): known ones
+        from the earlier caches of a refresh, the others from the teacher."""
+        if self.known is None:
+            return self._teacher(a_items, b_items)
+        keys = self.corpus.a_index[a_items] * self.known.num_b + self.corpus.b_index[b_items]
+        found, scores = self.known.lookup(keys)
+        if not bool(found.all()):
+            scores[~found] = self._teacher(a_items[~found], b_items[~found]).float()
+        return scores
 
     def shard(self, shard: Shard) -> tuple[dict[str, Tensor], int]:
         """The tensors of one shard and the number of teacher pairs scored for it."""
@@ -211,15 +226,16 @@ def _adopt_plan(target: Path, header: dict[str, Any]) -> ShardCheck:
 
 def build_teacher_cache(student: nn.Module, teacher: nn.Module, datamodule: Any, out: str | os.PathLike[str],
                         settings: BuildSettings = BuildSettings(), student_checkpoint: str | None = None,
-                        device: str | torch.device | None = None, progress: bool | None = None) -> Path:
+                        device: str | torch.device | None = None, progress: bool | None = None,
+                        refresh_from: Sequence[str | os.PathLike[str]] = (), write_manifest: bool = True) -> Path:
     """Build (or resume, repair, or confirm) this process's share of the teacher cache of ``datamodule``'s split.
 
     ``datamodule`` must be set up. ``student`` and ``teacher`` are moved to ``device`` (default: the
     student's) and put in eval mode. ``student_checkpoint`` (already loaded into ``student``) is recorded by
-    file name and SHA-256. ``progress=None`` shows the bar only on a terminal. Returns the folder.
+    file name and SHA-256. ``progress=None`` shows the bar only on a terminal. ``refresh_from``: earlier caches
+    of the same teacher and data whose scores are reused (see the module docstring). ``write_manifest=False``
+    leaves the manifest to a later call (processes that meet at a barrier first). Returns the folder.
     """
-    from tqdm.auto import tqdm
-
     settings.check()
     target = Path(out)
     run_device = torch.device(device) if device is not None else next(student.parameters()).device
@@ -231,32 +247,51 @@ def build_teacher_cache(student: nn.Module, teacher: nn.Module, datamodule: Any,
     corpus = corpus_from_datamodule(datamodule, settings.split)
     shards = plan_shards(corpus, settings.shard_size, settings.k)
     header = _header(student, teacher, datamodule, corpus, settings, shards, student_checkpoint)
+    known = KnownScores.from_caches(refresh_from, corpus, header) if refresh_from else None
+    if known is not None:
+        header["refresh_from"] = known.parents
     target.mkdir(parents=True, exist_ok=True)
+
+    def summary() -> dict[str, Any]:
+        return known.summary(target, [shard.file for shard in shards], corpus) if known is not None else {}
+
     with folder_lock(target / f"rank-{settings.rank}", "teacher cache share"):
         check = _adopt_plan(target, header)
         mine = [shard for shard in shards if shard.index_in_plan % settings.world_size == settings.rank]
         todo = [shard for shard in mine if not check.valid(shard)]
-        if not todo and check.complete(shards, header):
-            print(f"teacher cache '{target}' is complete, every shard verified; nothing to do", file=sys.stderr)
+        if not todo and (not write_manifest or check.complete(shards, header, summary)):
+            done = "is complete, every shard verified" if write_manifest else \
+                f"has every shard of rank {settings.rank}/{settings.world_size}"
+            print(f"teacher cache '{target}' {done}; nothing to do", file=sys.stderr)
             return target
-        builder = _Builder(student, scorer, corpus, settings, run_device)
-        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-        started, scored = time.perf_counter(), 0
-        total = sum(shard.pairs for shard in mine)
-        with tqdm(total=total, initial=total - sum(s.pairs for s in todo), unit="pair", unit_scale=True,
-                  desc="teacher pairs", dynamic_ncols=True, disable=None if progress is None else not progress) as bar:
-            for shard in todo:
-                tensors, pairs = builder.shard(shard)
-                _write_shard(target / shard.file, tensors, shard.kind)
-                check.record(shard, settings.rank)
-                scored += pairs
-                bar.update(shard.pairs)
-                if pause > 0:
-                    time.sleep(pause)
+        builder = _Builder(student, scorer, corpus, settings, run_device, known)
+        _compute(builder, check, target, todo, mine, progress)
+    if write_manifest:
+        check.complete(shards, header, summary)
+    return target
+
+
+def _compute(builder: _Builder, check: ShardCheck, target: Path, todo: list[Shard], mine: list[Shard],
+             progress: bool | None) -> None:
+    """Compute and record the ``todo`` shards of this process's share ``mine``, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    settings = builder.settings
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    started, scored, calls = time.perf_counter(), 0, len(builder.scorer.calls)
+    total = sum(shard.pairs for shard in mine)
+    with tqdm(total=total, initial=total - sum(s.pairs for s in todo), unit="pair", unit_scale=True,
+              desc="teacher pairs", dynamic_ncols=True, disable=None if progress is None else not progress) as bar:
+        for shard in todo:
+            tensors, pairs = builder.shard(shard)
+            _write_shard(target / shard.file, tensors, shard.kind)
+            check.record(shard, settings.rank)
+            scored += pairs
+            bar.update(shard.pairs)
+            if pause > 0:
+                time.sleep(pause)
     elapsed = time.perf_counter() - started
     rate = f", {scored / elapsed:,.0f} pairs/s" if elapsed > 0 and scored else ""
     print(f"teacher cache '{target}': {len(todo)} of {len(mine)} shards of rank {settings.rank}/{settings.world_size} "
-          f"computed, {scored:,} teacher pairs scored in {elapsed:.1f} s{rate}", file=sys.stderr)
-    check.complete(shards, header)
-    return target
-
+          f"computed, {scored:,} pairs in {elapsed:.1f} s{rate}, {sum(builder.scorer.calls[calls:]):,} scored by the "
+          "teacher", file=sys.stderr)

@@ -279,6 +279,7 @@ class CachedCandidatesDataModule(L.LightningDataModule):
         self.seed = seed
         self.cache: TeacherCache | None = None
         self.tables: CandidateTables | None = None
+        self._table_readers: list[Any] = []  # the train loader's parts that read the tables (see load)
 
     @property
     def wrapped_datamodule(self) -> L.LightningDataModule:
@@ -318,12 +319,17 @@ class CachedCandidatesDataModule(L.LightningDataModule):
             self.load(self.resolved_cache_dir())
 
     def load(self, folder: str | Path) -> None:
-        """Load and verify the cache against the wrapped data's train split; build the batching tables."""
+        """Load and verify the cache against the wrapped data's train split; build the batching tables.
+
+        A train loader made earlier reads the new tables from the next batch it collates in this process
+        (worker processes keep their copy until the loader is made again)."""
         corpus = corpus_from_datamodule(self.data, "train")
         cache = load_cache(folder)
         verify_manifest(cache.manifest, folder, data=data_identity(self.data, corpus, "train"), split="train")
         self.cache = cache
         self.tables = CandidateTables.build(cache, corpus)
+        for reader in self._table_readers:
+            reader.tables = self.tables
 
     def train_dataloader(self) -> DataLoader[Any]:
         if self.tables is None:
@@ -337,15 +343,17 @@ class CachedCandidatesDataModule(L.LightningDataModule):
             extras = CandidateExtras(inner.dataset, inner.collate_fn, self.tables, per_anchor)
             sampler = inner.sampler
             seed = sampler.seed if isinstance(sampler, EpochShuffleSampler) else self.seed
-            return resumable_train_loader(IndexedDataset(inner.dataset), inner.batch_size, seed,
-                                          CachedCollate(inner.collate_fn, self.tables, extras), inner.num_workers,
-                                          drop_last=True)
+            collate = CachedCollate(inner.collate_fn, self.tables, extras)
+            self._table_readers = [collate, extras]
+            return resumable_train_loader(IndexedDataset(inner.dataset), inner.batch_size, seed, collate,
+                                          inner.num_workers, drop_last=True)
         sampler = RandomSampler(inner.dataset, generator=torch.Generator().manual_seed(self.seed))
         batch_sampler = CandidateGroupBatchSampler(sampler, inner.batch_size, True, tables=self.tables,
                                                    group_negatives=self.candidates_per_anchor)
-        return DataLoader(IndexedDataset(inner.dataset), batch_sampler=batch_sampler,
-                          collate_fn=CachedCollate(inner.collate_fn, self.tables), num_workers=inner.num_workers,
-                          persistent_workers=inner.num_workers > 0)
+        collate = CachedCollate(inner.collate_fn, self.tables)
+        self._table_readers = [collate, batch_sampler]
+        return DataLoader(IndexedDataset(inner.dataset), batch_sampler=batch_sampler, collate_fn=collate,
+                          num_workers=inner.num_workers, persistent_workers=inner.num_workers > 0)
 
     def val_dataloader(self) -> Any:
         return self.data.val_dataloader()

@@ -8,6 +8,7 @@ again. The manifest is written by whichever process finds every shard trusted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,15 +76,17 @@ class ShardCheck:
         mine[shard.file] = self.recorded[shard.file]
         atomic_write_json(path, mine)
 
-    def complete(self, shards: list[Shard], header: dict[str, Any]) -> bool:
-        """Write the manifest when every shard is trusted (re-reading other processes' progress first)."""
+    def complete(self, shards: list[Shard], header: dict[str, Any],
+                 summary: Callable[[], dict[str, Any]] | None = None) -> bool:
+        """Write the manifest when every shard is trusted (re-reading other processes' progress first);
+        ``summary()`` adds fields computed from the complete shards."""
         with folder_lock(self.folder / "manifest", "teacher cache manifest"):
             fresh = ShardCheck(self.folder, self.recorded)
             if not all(fresh.valid(shard) for shard in shards):
                 return False
             entries = [{"file": s.file, "kind": s.kind, "rows": s.stop - s.start, "sha256": fresh.recorded[s.file]}
                        for s in shards]
-            manifest = {**header, "shards": entries}
+            manifest = {**header, **(summary() if summary is not None else {}), "shards": entries}
             path = self.folder / MANIFEST_NAME
             if not path.is_file() or read_json(path) != manifest:
                 atomic_write_json(path, manifest)

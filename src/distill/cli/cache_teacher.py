@@ -3,12 +3,14 @@
     python -m distill cache-teacher --config configs/demo/cached-shapes-cprd.yaml --out caches/shapes-k16 \\
         [--k 16] [--student-ckpt runs/x/checkpoints/last.ckpt] [--shard-size 4096] [--split train] \\
         [--teacher-max-pairs 1024] [--teacher-precision bf16] [--rank R --world-size W] \\
+        [--refresh-from caches/earlier-cache] \\
         [--data.init_args.num_train=...]         # any further LightningCLI overrides of the recipe
 
 The recipe's model and data are built through :class:`~distill.cli.recipe.DistillCLI` (``run=False``; its
 ``seed_everything`` fixes the student's initial weights); :func:`distill.cache.build.build_teacher_cache`
-does the rest. Under torchrun or a SLURM array each process takes its share of the shards
-(``RANK`` / ``WORLD_SIZE``, ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``).
+does the rest. ``--refresh-from`` (repeatable) re-mines with ``--student-ckpt`` into a new ``--out`` and scores only
+the pairs the earlier caches lack (:mod:`distill.cache.refresh`). Under torchrun or a SLURM array each process
+takes its share of the shards (``RANK`` / ``WORLD_SIZE``, ``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("--student-ckpt", default=None,
                         help="checkpoint (or export folder) whose student mines the candidates (default: the recipe's "
                              "initial student)")
+    parser.add_argument("--refresh-from", action="append", default=[], metavar="CACHE",
+                        help="an earlier cache of the same teacher and data: its scores are reused, the teacher scores "
+                             "only new pairs (repeatable; needs --out)")
     parser.add_argument("--shard-size", type=positive_int, default=defaults.shard_size, help="anchors per shard file")
     parser.add_argument("--split", default=defaults.split, choices=("train", "val", "test"))
     parser.add_argument("--teacher-max-pairs", "--chunk-size", dest="teacher_max_pairs", type=positive_int,
@@ -98,7 +103,10 @@ def main(argv: list[str]) -> None:
     from distill.data.items import unwrap_datamodule
 
     args, overrides = build_parser().parse_known_args(argv)
-    inputs = {"--config": args.config, "--student-ckpt": args.student_ckpt}
+    inputs = {"--config": args.config, "--student-ckpt": args.student_ckpt,
+              **{f"--refresh-from {folder}": folder for folder in args.refresh_from}}
+    if args.refresh_from and args.out is None:
+        raise InputError("--refresh-from needs --out: a new folder for the refreshed cache (the earlier one is kept)")
     if args.out is not None:
         check_output(args.out, "teacher cache", "--out", inputs, recognise=teacher_cache)
     model, datamodule = _build_from_recipe(args.config, overrides)
@@ -123,4 +131,4 @@ def main(argv: list[str]) -> None:
                              teacher_max_pairs=args.teacher_max_pairs, batch_size=args.batch_size,
                              teacher_precision=args.teacher_precision, rank=rank, world_size=world_size)
     build_teacher_cache(student, teacher, datamodule, out, settings, args.student_ckpt, device,
-                        progress=False if args.no_progress else None)
+                        progress=False if args.no_progress else None, refresh_from=args.refresh_from)

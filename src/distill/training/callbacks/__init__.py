@@ -10,6 +10,8 @@
   for a few steps (every score tied, no gradient left) stops with what to do instead of training on.
 * :class:`ContrastiveCollapseGuard`: a run whose InfoNCE loss has sat at ``ln(B)`` (every score tied) for
   ``patience`` steps stops with what to change.
+* :class:`CacheRefresh`: every N steps the current student re-mines the teacher cache (ANCE); the teacher
+  scores only the pairs no earlier generation holds.
 * :class:`InterruptCheckpoint`: SIGTERM / SIGINT during ``fit`` save ``last.ckpt`` at the end of the
   current batch, then exit with status 128 + signal; ``fit --ckpt_path last`` resumes.
 * :class:`RandomStateCheckpoint`: every checkpoint carries the random generators' states, so a resumed
@@ -18,6 +20,7 @@
   output is not a terminal, where the progress bar would be noise.
 """
 
+from distill.training.callbacks.cache_refresh import CacheRefresh
 from distill.training.callbacks.collapse import ContrastiveCollapseError, ContrastiveCollapseGuard
 from distill.training.callbacks.compatibility import CompatibilityCheck, IncompatibleModelsError, embedding_vocab_size
 from distill.training.callbacks.interrupt import InterruptCheckpoint, TrainingInterrupted
@@ -27,6 +30,7 @@ from distill.training.callbacks.random_state import RandomStateCheckpoint
 from distill.training.callbacks.sparse import SparseCollapseError, SparseCollapseGuard
 
 __all__ = [
+    "CacheRefresh",
     "CompatibilityCheck",
     "ContrastiveCollapseError",
     "ContrastiveCollapseGuard",
