@@ -59,7 +59,8 @@ def _check_path(text: str, flag: str, what: str) -> Path:
     """Refuse what can never be written whatever it holds: ``..``, links, paths under a file, special files."""
     path = Path(text)
     if not text.strip() or os.path.basename(os.path.normpath(text)) in ("", ".", "..") or path.name in (".", ".."):
-        raise InputError(f"{flag} '{text}' does not name a new {what}: write e.g. {flag} {os.path.join(text, 'out')}")
+        raise InputError(f"{flag} '{text}' does not name a new {what} ('.', '..' or the root): give the new "
+                         f"{what}'s own name")
     for ancestor in reversed(path.parents):
         if str(ancestor) not in ("", ".") and (ancestor.exists() or ancestor.is_symlink()) and not ancestor.is_dir():
             raise InputError(f"{flag} '{text}' is under '{ancestor}', which is not a folder: choose a path in a "

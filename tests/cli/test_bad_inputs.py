@@ -7,6 +7,7 @@ Every case id appears in docs/troubleshooting.md (checked below), with the line 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -371,7 +372,118 @@ CASES = [
     Case("demo-no-recipes", command("demo", "--configs", "{tmp}/nope"), r"no demo recipes in '.*nope'"),
     Case("unknown-option", command("index", "--student", "x", "--data", "y", "--out", "z", "--frobnicate"),
          r"unrecognized arguments: --frobnicate"),
+    # ---------------------------------------------------------------- outputs: only what distill wrote is replaced
+    Case("export-out-user-folder", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/mine", "--no-onnx"),
+         r"--out '.*mine' is a folder distill did not write \(it holds 'notes\.txt'\): distill replaces only export "
+         r"folders it wrote", kept=lambda a, t: [t / "mine"]),
+    Case("export-out-index", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/index", "--no-onnx"),
+         r"--out '.*index' is a distill index folder: this command writes export folders",
+         kept=lambda a, t: [t / "index"]),
+    Case("export-out-file", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/notes.txt", "--no-onnx"),
+         r"--out '.*notes\.txt' is a file, not an export folder distill wrote", kept=lambda a, t: [t / "notes.txt"]),
+    Case("export-out-fifo", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/fifo", "--no-onnx"),
+         r"--out '.*fifo' is a FIFO \(named pipe\), not an export folder"),
+    Case("export-out-symlink", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/link", "--no-onnx"),
+         r"--out '.*link' is a symbolic link \(to '.*mine'\): distill does not write through links",
+         kept=lambda a, t: [t / "mine"]),
+    Case("export-out-under-file", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/notes.txt/out",
+                                          "--no-onnx"),
+         r"--out '.*notes\.txt/out' is under '.*notes\.txt', which is not a folder",
+         kept=lambda a, t: [t / "notes.txt"]),
+    Case("export-out-dotdot", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/mine/..", "--no-onnx"),
+         r"--out '.*mine/\.\.' does not name a new export folder", kept=lambda a, t: [t / "mine"]),
+    Case("export-out-holds-ckpt", command("export", "--ckpt", "{tmp}/run/last.ckpt", "--out", "{tmp}/run",
+                                          "--config", str(DEMO / "shapes-kl.yaml"), "--no-onnx"),
+         r"--out '.*run' holds the command's own --ckpt '.*last\.ckpt'", kept=lambda a, t: [t / "run"]),
+    Case("index-out-is-student", command("index", "--student", "{tmp}/export", "--data", "{assets.data_yaml}",
+                                         "--out", "{tmp}/export", "--no-progress"),
+         r"--out '.*export' is the command's own --student", kept=lambda a, t: [t / "export"]),
+    Case("index-out-holds-student", command("index", "--student", "{tmp}/work/export", "--data", "{assets.data_yaml}",
+                                            "--out", "{tmp}/work", "--no-progress"),
+         r"--out '.*work' holds the command's own --student '.*work/export'", kept=lambda a, t: [t / "work"]),
+    Case("index-out-export", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                     "--out", "{tmp}/export", "--no-progress"),
+         r"--out '.*export' is a distill export folder: this command writes index folders",
+         kept=lambda a, t: [t / "export"]),
+    Case("index-out-device", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                     "--out", os.devnull, "--no-progress"),
+         r"--out '/dev/null' is a character device, not an index folder"),
+    Case("index-out-foreign-file", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                           "--out", "{tmp}/index", "--no-progress"),
+         r"--out '.*index' is an index folder distill wrote, but 'notes\.txt' in it is not",
+         kept=lambda a, t: [t / "index"]),
+    Case("mine-out-fifo", command("mine", "--config", str(MSMARCO), "--out", "{tmp}/fifo"),
+         r"--out '.*fifo' is a FIFO \(named pipe\), not a training file"),
+    Case("mine-out-not-mined", command("mine", "--config", str(MSMARCO), "--out", "{tmp}/notes.txt"),
+         r"--out '.*notes\.txt' exists and is not a training file distill wrote", kept=lambda a, t: [t / "notes.txt"]),
+    Case("cache-out-user-folder", command("cache-teacher", "--config", str(DEMO / "shapes-cprd.yaml"),
+                                          "--out", "{tmp}/mine"),
+         r"--out '.*mine' is a folder distill did not write \(it holds 'notes\.txt'\): distill replaces only teacher "
+         r"cache folders it wrote", kept=lambda a, t: [t / "mine"]),
+    Case("cache-out-export", command("cache-teacher", "--config", str(DEMO / "shapes-cprd.yaml"),
+                                     "--out", "{tmp}/export"),
+         r"--out '.*export' is a distill export folder: this command writes teacher cache folders",
+         kept=lambda a, t: [t / "export"]),
+    # ---------------------------------------------------------------- artefacts are data: no code they name runs
+    Case("index-student-trust-remote-code", command("index", "--student", "{tmp}/export", "--data",
+                                                    "{assets.data_yaml}", "--out", "{tmp}/idx", "--no-progress"),
+         r"'.*export/student_config\.json' sets student\.init_args\.trust_remote_code = True, code that loading it "
+         r"would run; .*pass --trust-remote-code only if you trust", kept=lambda a, t: [t / "export"]),
+    Case("index-student-foreign-class", command("index", "--student", "{tmp}/export", "--data", "{assets.data_yaml}",
+                                                "--out", "{tmp}/idx", "--no-progress"),
+         r"'.*export/student_config\.json' sets student\.class_path = 'os_tools\.Student', code that loading it "
+         r"would run", kept=lambda a, t: [t / "export"]),
+    Case("search-student-auto-map", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
+         r"'.*export/tokenizer_config\.json' sets auto_map = \['evil_tokenizer\.Tokenizer'\], code that loading it "
+         r"would run", kept=lambda a, t: [t / "export", t / "index"]),
 ]
+
+
+def _user_files(assets: Assets, tmp: Path) -> None:
+    """A user's folder with a note, a file, a FIFO and a link to the folder."""
+    _write(tmp / "mine" / "notes.txt", b"my notes")
+    _write(tmp / "notes.txt", b"my notes")
+    os.mkfifo(tmp / "fifo")
+    (tmp / "link").symlink_to(tmp / "mine")
+
+
+def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+
+
+def _crafted_export(edit: Callable[[dict], None]) -> Callable[[Assets, Path], None]:
+    return lambda a, t: (a.copy("export", t / "export"), _edit_json(t / "export" / "student_config.json", edit))
+
+
+def _index_of_auto_map_export(assets: Assets, tmp: Path) -> None:
+    """An index whose student is a copy of the export with an auto_map in its tokenizer config."""
+    assets.copy("export", tmp / "export")
+    _edit_json(tmp / "export" / "tokenizer_config.json",
+               lambda config: config.update(auto_map={"AutoTokenizer": ["evil_tokenizer.Tokenizer", None]}))
+    assets.copy("index", tmp / "index")
+    _edit_json(tmp / "index" / "index.json", lambda meta: meta.update(student=str(tmp / "export")))
+
+
+OUTPUT_CASES: dict[str, Callable[[Assets, Path], object]] = {  # every case of the two blocks above: its files
+    **{name: lambda a, t: None for name in ("export-out-user-folder", "export-out-file", "export-out-fifo",
+                                             "export-out-symlink", "export-out-under-file", "export-out-dotdot",
+                                             "index-out-device", "mine-out-fifo", "mine-out-not-mined",
+                                             "cache-out-user-folder")},
+    "export-out-index": lambda a, t: a.copy("index", t / "index"),
+    "export-out-holds-ckpt": lambda a, t: _write(t / "run" / "last.ckpt", a.ckpt.read_bytes()),
+    "index-out-is-student": lambda a, t: a.copy("export", t / "export"),
+    "index-out-holds-student": lambda a, t: a.copy("export", t / "work" / "export"),
+    "index-out-export": lambda a, t: a.copy("export", t / "export"),
+    "index-out-foreign-file": lambda a, t: (a.copy("index", t / "index"), _write(t / "index" / "notes.txt", b"mine")),
+    "cache-out-export": lambda a, t: a.copy("export", t / "export"),
+    "index-student-trust-remote-code": _crafted_export(
+        lambda config: config["student"]["init_args"].update(trust_remote_code=True)),
+    "index-student-foreign-class": _crafted_export(
+        lambda config: config["student"].update(class_path="os_tools.Student")),
+    "search-student-auto-map": _index_of_auto_map_export,
+}
 
 
 def _digest(paths: list[Path]) -> dict[str, str]:
@@ -384,6 +496,9 @@ def _digest(paths: list[Path]) -> dict[str, str]:
 
 
 def _prepare(case: Case, assets: Assets, tmp: Path) -> None:
+    if case.id in OUTPUT_CASES:
+        _user_files(assets, tmp)
+        OUTPUT_CASES[case.id](assets, tmp)
     for key, build in PREPARE.items():
         needed = {"truncated-ckpt": "cut.ckpt", "empty-ckpt": "empty.ckpt", "dict-ckpt": "dict.ckpt",
                   "pickled-ckpt": "evil.ckpt", "bad-yaml": "bad.yaml", "not-an-image": "query.png",

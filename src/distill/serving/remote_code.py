@@ -24,7 +24,8 @@ OWN_PACKAGE = "distill."
 
 
 def _refuse(where: Path, key: str, value: Any) -> UnsafeFileError:
-    shown = repr(sorted({str(item) for item in value.values()}) if isinstance(value, Mapping) else value)
+    shown = repr(sorted({item for _, item in _walk(value, "") if isinstance(item, str)}) if isinstance(value, Mapping)
+                 else value)
     return UnsafeFileError(f"'{where}' sets {key} = {shown[:100]}, code that loading it would run; distill loads "
                            f"exports as data: pass {ALLOW_FLAG} only if you trust where the folder came from")
 
@@ -38,6 +39,7 @@ def _walk(value: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(inner, path)
     elif isinstance(value, list):
         for index, inner in enumerate(value):
+            yield f"{key}[{index}]", inner
             yield from _walk(inner, f"{key}[{index}]")
 
 
