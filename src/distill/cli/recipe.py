@@ -20,6 +20,7 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from distill.cli.safe_yaml import check_recipe_files, install, load_yaml
 from distill.cli.settings import check_optimization, check_trainer
 from distill.errors import DistillError, RecipeError, one_line, root_cause
 from distill.instantiate import instantiate
@@ -40,6 +41,7 @@ class DistillCLI(LightningCLI):
         # A progress bar in a terminal; in logs and CI the ProgressLog callback prints lines instead.
         kwargs.setdefault("trainer_defaults", {"enable_progress_bar": sys.stderr.isatty()})
         check_config_files(list(sys.argv[1:] if args is None else args))
+        install()  # jsonargparse's YAML loader refuses unbounded aliases in every value it parses
         # Arguments given in Python replace the process's own (LightningCLI would warn about both).
         argv, sys.argv = sys.argv, sys.argv[:1] if args is not None else sys.argv
         try:
@@ -104,9 +106,9 @@ def _raised_by_lightning_settings(error: BaseException) -> bool:
 
 
 def check_config_files(args: Sequence[str]) -> None:
-    """Refuse, naming the file and the line, a ``--config`` that is missing or is not valid YAML."""
-    import yaml
-
+    """Refuse, naming the file and the line, a ``--config`` that is missing or is not valid YAML, and (in it or a
+    YAML file it composes, or one given on the command line) aliases that expand without bound or recurse."""
+    files: list[str] = []
     for flag, value in zip(args, list(args[1:]) + [""]):
         path = value if flag in ("--config", "-c") else (flag.split("=", 1)[1] if flag.startswith("--config=") else None)
         if path is None:
@@ -114,15 +116,11 @@ def check_config_files(args: Sequence[str]) -> None:
         source = Path(path)
         if not source.is_file():
             raise RecipeError(f"--config: recipe '{source}' does not exist")
-        try:
-            yaml.safe_load(source.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise RecipeError(f"--config: '{source}' is not valid YAML ({problem} at{where}): fix the recipe") from None
-        except UnicodeDecodeError:
-            raise RecipeError(f"--config: '{source}' is not UTF-8 text: re-encode it as UTF-8") from None
+        files.append(path)
+    check_recipe_files(files, "--config: recipe")
+    given = [arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg for arg in args]
+    check_recipe_files([value for value in given if value.lower().endswith((".yaml", ".yml")) and value not in files
+                        and Path(value).is_file()], "command-line file")
 
 
 def _report_setup_errors(part: L.LightningModule | L.LightningDataModule, owner: str) -> None:
@@ -246,15 +244,11 @@ def find_run_config(ckpt_path: str | os.PathLike[str], levels: int = 3) -> Path:
 
 def load_datamodule(path: str | os.PathLike[str]) -> Any:
     """A data module from a recipe (its ``data`` entry) or from a ``class_path`` data yaml."""
-    import yaml
-
     source = Path(path)
     if not source.is_file():
         raise RecipeError(f"data file '{source}' does not exist: pass a recipe or a data yaml")
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise RecipeError(f"'{source}' is not valid YAML: {one_line(error)}") from None
+    check_recipe_files([source], "data file")
+    raw = load_yaml(source, f"data file '{source}'") or {}
     if isinstance(raw, dict) and "class_path" in raw:
         return instantiate(raw, L.LightningDataModule)
     recipe = read_recipe(source)
