@@ -116,7 +116,8 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         run_root = Path(save_dir) / str(logger.name)
         if not run_root.is_dir():
             return found
-        pattern = re.compile(rf"^{re.escape(self.CHECKPOINT_NAME_LAST)}(-(\d+))?$")
+        # last.ckpt, and the last-v1.ckpt, last-v2.ckpt... Lightning writes beside one it did not write itself.
+        pattern = re.compile(rf"^{re.escape(self.CHECKPOINT_NAME_LAST)}(-v?\d+)?$")
         for version in run_root.iterdir():
             folder = version / "checkpoints"
             if folder.is_dir():
