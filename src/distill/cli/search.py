@@ -7,6 +7,7 @@ JSON line per query (``{"query"|"image", "hits": [{"rank", "id", "a_id", "score"
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -52,12 +53,12 @@ def _text_lines(source: str) -> list[str]:
         raise InputError(f"--queries-file '{path}' is not UTF-8 text: give one query per line") from None
 
 
-def _queries(args: object) -> tuple[list[str], list[str]]:
+def _queries(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """The text queries and the image files of the command line, a file or stdin."""
-    texts, images = list(args.query or []), list(args.image or [])  # type: ignore[attr-defined]
+    texts, images = list(args.query or []), list(args.image or [])
     if any(not text.strip() for text in texts):
         raise InputError("--query is empty: give the text to search for")
-    source = args.queries_file  # type: ignore[attr-defined]
+    source = args.queries_file
     if source is None and not texts and not images and not sys.stdin.isatty():
         source = "-"
     if source is not None:
