@@ -42,6 +42,17 @@ class ListedNegatives(CandidateSource):
         if not self.scores_from_data and module.teacher is None and module.needs_teacher_scores:
             raise ValueError("ListedNegatives needs a teacher to score the listed pairs: set model.init_args.teacher, "
                              "or ListedNegatives(scores_from_data: true) with teacher_scores in the training file")
+        trainer = getattr(module, "_trainer", None)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if stage == "fit" and datamodule is not None and not getattr(datamodule, "num_negatives", 0):
+            # Only data that lists each anchor's negatives by id (b_neg + b_neg_id) can feed this source.
+            what = " (its binding_negatives are captions without ids)" if getattr(datamodule, "binding_negatives",
+                                                                                     False) else ""
+            raise ValueError(
+                f"model.init_args.candidates: ListedNegatives reads each anchor's listed negatives and their ids "
+                f"({', '.join(NEGATIVE_KEYS)}), which {type(datamodule).__name__} does not give{what}: use data "
+                "that lists them (a BEIR train_file with data.init_args.num_negatives >= 1), or another candidate "
+                "source (InBatchNegatives, MemoryQueue)")
 
     def select(self, step: StepView, direction: str) -> DirectionCandidates:
         batch = step.batch
