@@ -163,6 +163,20 @@ def test_twin_counts_match_a_brute_force_count(built_cache: Path) -> None:
         assert counts["b2a"][row] == expected
     assert shares["a2b"].anchors == NUM_TRAIN and shares["b2a"].anchors == NUM_TRAIN * per
     assert shares["a2b"].with_twin == int((counts["a2b"] > 0).sum())
+    has_twin = {item.image_id: any(layout_are_twins(item.signature, other.signature, corpus.layout)
+                                   for other in corpus.train) for item in corpus.train}
+    assert shares["a2b"].possible == sum(has_twin.values()) >= shares["a2b"].with_twin
+    assert shares["b2a"].possible == per * sum(has_twin.values()) >= shares["b2a"].with_twin
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cache_twins", REPO_ROOT / "benchmarks" / "cache_twins.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    row = benchmark.table([str(built_cache)], [3]).splitlines()[-1]  # the corpus generated from the manifest alone
+    share = shares["a2b"]
+    assert row.startswith(f"| {built_cache.name} | ") and f"| 3 | {100 * share.share:.1f}% (" in row
 
 
 def _module(teacher_dir: Path, cache: Path) -> DistillationModule:
@@ -267,3 +281,26 @@ def test_refresh_under_ddp_equals_a_one_process_refresh(tmp_path: Path, teacher_
     data.data.setup("fit")  # the processes were forked: this one's data module was never set up
     build_teacher_cache(module.student, module.teacher, data, single, settings, progress=False, refresh_from=[first])
     assert _folder_bytes(single) == _folder_bytes(generation)
+
+
+def test_cached_recipe_refreshes_through_the_cli(tmp_path: Path, teacher_dir: Path, built_cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The callback as a recipe adds it: ``--trainer.callbacks+=distill.training.callbacks.CacheRefresh``."""
+    import shutil
+
+    from tests.cache.test_cache import CACHED_RECIPE
+    from tests.helpers import fit_and_check
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(built_cache, tmp_path / "cache")
+    data_args = [arg.replace("--data.init_args.", "--data.init_args.data.init_args.") for arg in DATA_ARGS]
+    cli = fit_and_check(["--config", str(CACHED_RECIPE), f"--model.init_args.candidates.init_args.path={tmp_path}/cache",
+                         "--model.init_args.num_hard_negatives=4", *data_args, *STUDENT_ARGS,
+                         f"--model.init_args.teacher.init_args.weights={teacher_dir}",
+                         "--trainer.callbacks+=distill.training.callbacks.CacheRefresh",
+                         "--trainer.callbacks.every_n_steps=1", "--trainer.fast_dev_run=true", "--trainer.logger=false"])
+    metrics = cli.trainer.callback_metrics
+    manifest = json.loads((tmp_path / "cache-step1" / "manifest.json").read_text())
+    assert float(metrics["train/cache_pairs_scored"]) == manifest["pairs_scored"]
+    assert float(metrics["train/cache_pairs_reused"]) == manifest["pairs_reused"] > 0
+    assert cli.datamodule.cache.path == tmp_path / "cache-step1"

@@ -9,7 +9,7 @@ verified like any build; its manifest names each earlier cache (folder name and 
 
 :class:`KnownScores` keeps the earlier pairs as sorted int64 keys ``a_position * num_b + b_position``
 (positions among the split's distinct ids) beside their float32 scores: 12 bytes per known pair, looked up
-by binary search, so a COCO-size cache (about 11M pairs) costs about 130 MB, never a Python dict per pair.
+by binary search, so a COCO-size cache (K=16: about 12M pairs) costs about 140 MB, never a Python dict per pair.
 """
 
 from __future__ import annotations

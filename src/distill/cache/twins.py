@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from distill.cache.format import DIRECTIONS, TeacherCache
-from distill.data.shapes import ShapesCorpus, layout_are_twins
+from distill.data.shapes import ShapesCorpus, get_layout, layout_are_twins
 
-__all__ = ["TwinShare", "twin_counts", "twin_share"]
+__all__ = ["TwinShare", "twin_counts", "twin_share", "twins_in_split"]
 
 
 def twin_counts(cache: TeacherCache, corpus: ShapesCorpus, k: int | None = None) -> dict[str, Tensor]:
@@ -39,12 +39,21 @@ def twin_counts(cache: TeacherCache, corpus: ShapesCorpus, k: int | None = None)
     return counts
 
 
+def twins_in_split(corpus: ShapesCorpus, split: str = "train") -> dict[int, bool]:
+    """``{image id: whether another image of the split is its binding twin}``: which anchors can have one."""
+    present = {item.signature for item in corpus.split(split)}
+    perturbations = get_layout(corpus.layout).perturbations
+    return {item.image_id: any(other in present for other in perturbations(item.signature))
+            for item in corpus.split(split)}
+
+
 @dataclass(frozen=True)
 class TwinShare:
-    """Of ``anchors`` anchors of one direction, ``with_twin`` have at least one twin among their candidates;
-    ``twins`` candidates are twins in all."""
+    """Of ``anchors`` anchors of one direction, ``possible`` have a twin in the split, ``with_twin`` have at least
+    one twin among their candidates; ``twins`` candidates are twins in all."""
 
     anchors: int
+    possible: int
     with_twin: int
     twins: int
 
@@ -55,6 +64,12 @@ class TwinShare:
 
 
 def twin_share(cache: TeacherCache, corpus: ShapesCorpus, k: int | None = None) -> dict[str, TwinShare]:
-    """:func:`twin_counts` summed per direction."""
-    return {direction: TwinShare(int(counts.numel()), int((counts > 0).sum()), int(counts.sum()))
-            for direction, counts in twin_counts(cache, corpus, k).items()}
+    """:func:`twin_counts` summed per direction (the cache's split is ``train``)."""
+    possible = twins_in_split(corpus, cache.manifest.get("split", "train"))
+    shares = {}
+    for direction, counts in twin_counts(cache, corpus, k).items():
+        anchors = cache.anchor_ids[direction]
+        images = anchors if direction == "a2b" else anchors // corpus.captions_per_image
+        can = sum(possible.get(image, False) for image in images.tolist())
+        shares[direction] = TwinShare(int(counts.numel()), can, int((counts > 0).sum()), int(counts.sum()))
+    return shares
