@@ -125,3 +125,31 @@ def test_a_second_writer_is_refused_and_the_lock_file_goes_away(tmp_path: Path) 
                 pytest.fail("the block must not run")
     with folder_lock(target, "index folder"):  # free again once the other writer is gone
         pass
+
+
+def test_a_second_command_writing_the_same_output_is_refused_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another process holds the lock of ``out`` (an export running): `distill export` into it stops before any
+    work, in one line, and leaves the folder alone."""
+    import subprocess
+    import sys
+
+    from distill.cli import main
+
+    out = tmp_path / "export"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from distill.io import folder_lock\n"
+                               f"with folder_lock({str(out)!r}, 'export folder'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--ckpt", str(tmp_path / "run.ckpt"), "--out", str(out)])
+    finally:
+        holder.communicate("", timeout=60)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distill: error:")]
+    assert exit_info.value.code == 2 and lines == [
+        f"distill: error: another process is writing the export folder '{out}': wait for it to finish, or write to "
+        "another folder"]
+    assert not out.exists() and not (tmp_path / ".export.lock").exists()
