@@ -16,6 +16,7 @@ from distill.cli.args import CommandParser, positive_int
 from distill.errors import InputError
 from distill.serving.index.backends import BACKENDS
 from distill.serving.index.query import Hit, format_hits, rerank
+from distill.serving.index.query_tokens import check_query_tokens
 
 __all__ = ["build_parser", "main"]
 
@@ -84,6 +85,8 @@ def main(argv: list[str]) -> None:
     if args.rerank_with is not None and not images:
         raise InputError("--rerank-with scores (image, text) pairs with the cross-encoder: search with --image")
     with open_searcher(args.index, args.student, args.backend, args.url, args.trust_remote_code) as searcher:
+        for text in texts if searcher.tokenizer is not None else []:
+            check_query_tokens(searcher.tokenizer, text, "query" if args.queries_file or not args.query else "--query")
         results = searcher.search(texts or None, images or None, args.k, args.batch_size)
     queries, key = (texts, "query") if texts else (images, "image")
     if args.rerank_with is not None:

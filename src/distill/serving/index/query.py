@@ -16,6 +16,7 @@ import torch
 
 from distill.errors import InputError
 from distill.serving.index.corpus import CorpusItem, load_image, tokenize, tower_preprocessing
+from distill.serving.index.query_tokens import check_query_tokens
 
 __all__ = ["Hit", "format_hits", "rerank", "search"]
 
@@ -47,6 +48,8 @@ def search(index_dir: str | os.PathLike[str], query: str | None = None, image: s
     if query is not None and not query.strip():
         raise InputError("--query is empty: give the text to search for")
     with open_searcher(index_dir, student_dir, backend, url, trust_remote_code) as searcher:
+        if query is not None and searcher.tokenizer is not None:
+            check_query_tokens(searcher.tokenizer, query)
         hits = searcher.search(None if query is None else [query], None if image is None else [image], k)[0]
     if rerank_with is not None:
         hits = rerank(hits, rerank_with, image, str(searcher.student_dir), trust_remote_code)
