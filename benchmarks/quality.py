@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -56,12 +58,15 @@ RECIPES = {
     "cosine": "+ cosine embedding",
     "dcd": "+ DCD",
     "cprd": "+ CPRD",
-    "cached-cprd": "+ CPRD, candidates and scores from the teacher cache",
+    "cprd-kl": "+ CPRD + logit KL",
+    "cached-cprd": "+ CPRD, teacher cache",
+    "cached-cprd-kl": "+ CPRD + logit KL, teacher cache",
     # Sparse (SPLADE/LexLIP-style) students: students/shapes-sparse.yaml
     "sparse-infonce": "sparse student: InfoNCE + FLOPS",
     "sparse-kl": "sparse student: + logit KL",
 }
-DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd"]
+DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd", "cprd-kl", "cached-cprd", "cached-cprd-kl"]
+CACHED_RECIPES = {"cached-cprd", "cached-cprd-kl"}  # their training reads caches/grid-cprd-k8 (see their headers)
 TWO_STAGE_NAMES = {"cprd": "CPRD"}
 SPARSE_RECIPES = ["sparse-infonce", "sparse-kl"]
 
@@ -127,8 +132,28 @@ def run_recipe(recipe: str, seed: int, args: argparse.Namespace, student_init: P
         two_stage = recipe == "cprd" and not args.tag
         overrides.append(f"--model.init_args.evaluator.init_args.two_stage_k={16 if two_stage else 0}")
     cli = DistillCLI(args=overrides + list(args.override))
+    trained = time.perf_counter()
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-    return cli.model.test_results
+    results = dict(cli.model.test_results)
+    results["cost"] = {"teacher_pairs": float(cli.model.teacher_pairs_scored)}
+    if args.suite == "grid":
+        results["binding"] = student_binding(cli.model, cli.datamodule)
+    results["cost"]["test_seconds"] = time.perf_counter() - trained
+    return results
+
+
+def student_binding(model, data) -> dict[str, float]:
+    """% of the first 500 test images whose true caption the student scores above a colour / object swap."""
+    from teacher_order import binding_accuracy  # noqa: PLC0415 (a sibling script)
+
+    teacher, model.teacher = model.teacher, None
+    try:
+        model.eval()
+        with torch.no_grad():
+            measured = binding_accuracy(model, data, 500)
+    finally:
+        model.teacher = teacher
+    return {kind: measured[kind]["student"] for kind in ("colour", "object") if kind in measured}
 
 
 def parse_args() -> argparse.Namespace:
@@ -163,7 +188,8 @@ def parse_args() -> argparse.Namespace:
 
 def collect(args: argparse.Namespace, results_dir: Path, starts: dict) -> dict[str, dict]:
     """Train (or read) every recipe x seed run; returns the per-recipe results, teacher rows and timings."""
-    found: dict[str, dict] = {"student": {}, "teacher": [], "teacher_itc": [], "two_stage": {}, "seconds": {}}
+    found: dict[str, dict] = {"student": {}, "teacher": [], "teacher_itc": [], "two_stage": {}, "seconds": {},
+                              "binding": {}, "pairs": {}}
     for recipe in args.recipes:
         student_init = starts[starting_recipe(recipe)][0]
         timings: list[float] = []
@@ -182,6 +208,10 @@ def collect(args: argparse.Namespace, results_dir: Path, starts: dict) -> dict[s
                 atomic_write_json(saved, results)
             found["student"].setdefault(RECIPES[recipe], []).append(results["student"])
             timings.append(results["seconds"]["train_and_test"])
+            if "binding" in results:
+                found["binding"].setdefault(RECIPES[recipe], []).append(results["binding"])
+            if "cost" in results:
+                found["pairs"].setdefault(RECIPES[recipe], []).append(results["cost"]["teacher_pairs"])
             for key in ("teacher", "teacher_itc"):
                 if key in results and not found[key]:
                     found[key].append(results[key])
@@ -259,6 +289,52 @@ def table_notes(args: argparse.Namespace, found: dict, pretrained: bool) -> list
     return notes
 
 
+def cache_pairs(recipe: str) -> int:
+    """Teacher pairs in the cache a cached recipe reads (scored once, before training), 0 when not built."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "demo" / f"grid-{recipe}.yaml").read_text())
+    manifest = REPO / config["model"]["init_args"]["candidates"]["init_args"]["path"] / "manifest.json"
+    if not manifest.is_file():
+        return 0
+    data = json.loads(manifest.read_text())["data"]
+    k = json.loads(manifest.read_text())["k"]
+    return int(data["num_items"] + k * (data["num_a"] + data["num_b"]))
+
+
+def study_table(args: argparse.Namespace, found: dict) -> str:
+    """Per recipe: RSUM, share of the teacher - InfoNCE gap, binding-swap accuracy, teacher pairs, seconds."""
+    if not found["binding"] or not found["teacher"] or RECIPES["infonce"] not in found["student"]:
+        return ""
+    base = statistics.fmean(r["rsum"] for r in found["student"][RECIPES["infonce"]])
+    gap = found["teacher"][0]["rsum"] - base
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 \
+            else f"{values[0]:.1f}"
+
+    lines = ["| recipe | seeds | RSUM | share of the gap | binding: colour swap | binding: object swap | "
+             "teacher pairs in training | cache pairs (once) | seconds per run |", "|---" * 9 + "|"]
+    for recipe in args.recipes:
+        name = RECIPES[recipe]
+        runs = found["student"].get(name)
+        if not runs:
+            continue
+        rsum = [r["rsum"] for r in runs]
+        binding = found["binding"].get(name, [])
+        pairs = found["pairs"].get(name, [0.0])
+        cache = f"{cache_pairs(recipe):,}" if recipe in CACHED_RECIPES else "0"
+        lines.append(f"| {name} | {len(runs)} | {spread(rsum)} | {100 * (statistics.fmean(rsum) - base) / gap:+.0f}% | "
+                     f"{spread([b['colour'] for b in binding]) if binding else '-'} | "
+                     f"{spread([b['object'] for b in binding]) if binding else '-'} | "
+                     f"{statistics.fmean(pairs):,.0f} | {cache} | {found['seconds'].get(recipe, 0):.0f} |")
+    return ("### Cost and binding per recipe\n\nShare of the gap: (RSUM - InfoNCE) / (teacher - InfoNCE), teacher "
+            f"{found['teacher'][0]['rsum']:.1f}, InfoNCE {base:.1f}, same steps. Binding: % of the first 500 test "
+            "images whose true caption the student scores above the same caption with two cells' colours (or whole "
+            "objects) exchanged; 50 is chance, the teacher's own in the binding table of docs/benchmarks.md. Seconds: "
+            "training and test of one run on 2 shared CPU cores (noisy).\n\n" + "\n".join(lines) + "\n")
+
+
 def sweep_table(results_dir: Path) -> str:
     """Every tagged run saved in ``results_dir``: its setting, recipe, seed, recall and command."""
     runs = []
@@ -299,13 +375,19 @@ def main() -> None:
     if args.report_only:
         notes.append("Table built with `--report-only` from the runs saved in `--results-dir` (the runs may have been "
                       "split over several processes with `--recipes`, one per core, OMP_NUM_THREADS=1).")
-    section_name = SUITES[args.suite][3]
+    section_name = SUITES[args.suite][3] + (f"-{args.max_steps}" if args.max_steps != 150 else "")
     split = "grid split, matched teacher" if args.suite == "grid" else "original row split"
     if pretrained:
         title = f"## Loss comparison (quality, {split}): distilling into a pre-trained student"
     else:
         title, section_name = f"## Loss comparison from scratch ({split})", f"{section_name}-scratch"
+    if args.max_steps != 150:
+        title += f", {args.max_steps} steps"
     section = title + "\n\n" + format_markdown_table(rows, command=command.strip(), extra=notes)
+    study = study_table(args, found)
+    if study:
+        print(study)
+        section += "\n\n" + study
     sweep = sweep_table(results_dir) if pretrained else ""
     update_markdown_section(args.markdown, section_name, section + ("\n\n" + sweep if sweep else ""))
     print(f"[quality] wrote {args.markdown}")

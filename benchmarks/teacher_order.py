@@ -105,7 +105,7 @@ def binding_accuracy(model, data, anchors: int) -> dict[str, dict[str, float]]:
     from distill.data.batch import normalize_pixels
     from distill.data.shapes_grid import SWAP_FIELDS, swapped_caption
 
-    teacher, student = model.teacher, model.student
+    teacher, student = model.teacher, model.student  # without a teacher: the student's column alone
     rng = np.random.default_rng(0)
     items = data.corpus.test[:anchors]
     images = normalize_pixels(data.images["test"][: len(items)])
@@ -114,16 +114,19 @@ def binding_accuracy(model, data, anchors: int) -> dict[str, dict[str, float]]:
         kept = [(row, item.captions[0], swap) for row, item in enumerate(items)
                 if (swap := swapped_caption(item.captions[0], kind, rng)) is not None]
         a = {"pixel_values": images[torch.tensor([row for row, _, _ in kept])]}
-        image_tokens, student_images = teacher.encode_image_tokens(a["pixel_values"]), student.encode_a(a)
+        student_images = student.encode_a(a)
+        image_tokens = teacher.encode_image_tokens(a["pixel_values"]) if teacher is not None else None
         scores = []
         for captions in ([true for _, true, _ in kept], [swap for _, _, swap in kept]):
             encoded = data.tokenizer(captions, padding=True, return_tensors="pt")
             b = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-            text_tokens = teacher.encode_text_tokens(b["input_ids"], b["attention_mask"])
-            itm = teacher.itm_logit(image_tokens, text_tokens, b["attention_mask"])
-            itc = teacher.itc_logit(image_tokens, text_tokens)
-            scores.append({"teacher (ITM + ITC)": itm + itc, "fusion head alone (ITM)": itm, "teacher ITC": itc,
-                           "student": (student_images * student.encode_b(b)).sum(-1)})
+            row = {"student": (student_images * student.encode_b(b)).sum(-1)}
+            if teacher is not None:
+                text_tokens = teacher.encode_text_tokens(b["input_ids"], b["attention_mask"])
+                itm = teacher.itm_logit(image_tokens, text_tokens, b["attention_mask"])
+                itc = teacher.itc_logit(image_tokens, text_tokens)
+                row = {"teacher (ITM + ITC)": itm + itc, "fusion head alone (ITM)": itm, "teacher ITC": itc, **row}
+            scores.append(row)
         results[kind] = {name: 100.0 * float((scores[0][name] > scores[1][name]).float().mean())
                          for name in scores[0]}
         results[kind]["images"] = float(len(kept))

@@ -181,7 +181,8 @@ def test_resolve_cached_candidates_keeps_present_ids_in_cached_order() -> None:
 def test_random_cached_batches_are_the_data_modules_batches_with_their_candidates_as_extras(
         built_cache: Path) -> None:
     inner = ShapesDataModule(num_train=NUM_TRAIN, batch_size=12, **DATA)
-    datamodule = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=3)
+    datamodule = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=3,
+                                            candidate_order="student")
     datamodule.setup("fit")
     plain = list(inner.train_dataloader())
     cached = list(datamodule.train_dataloader())
@@ -204,6 +205,18 @@ def test_random_cached_batches_are_the_data_modules_batches_with_their_candidate
         width = expected_b.shape[1]
         assert torch.equal(extra["b"]["input_ids"][extra["b_id"] >= 0][:, :width], expected_b)
         assert torch.equal(extra["a"]["pixel_values"][extra["a_id"] >= 0], expected_a)
+    by_teacher = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=2)
+    by_teacher.setup("fit")
+    batch = next(iter(by_teacher.train_dataloader()))
+    items = torch.tensor([tables.item_of_b[b_id] for b_id in batch["b_id"].tolist()])
+    for direction, side in (("a2b", "b"), ("b2a", "a")):  # the two highest teacher scores of each anchor's K
+        ids, scores = getattr(tables, f"{direction}_ids")[items], getattr(tables, f"{direction}_scores")[items]
+        chosen = batch["teacher_cache_extra"][f"{side}_id"].view(-1, 2)
+        for row in range(len(items)):
+            valid = ids[row] >= 0
+            best = scores[row][valid].sort(descending=True).values[:2]
+            picked = [float(scores[row][ids[row].tolist().index(i)]) for i in chosen[row].tolist() if i >= 0]
+            assert picked == pytest.approx(best.tolist()[:len(picked)])
     with pytest.raises(ValueError, match="candidates_per_anchor must be between 1 and the cache's K = 4"):
         bad = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=5)
         bad.setup("fit")

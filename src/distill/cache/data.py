@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
-from distill.cache.extras import CandidateExtras
+from distill.cache.extras import ORDERS, CandidateExtras
 from distill.cache.format import (CACHE_BATCH_KEY, CACHE_EXTRA_KEY, TeacherCache, data_identity, load_cache,
                                   verify_manifest)
 from distill.data.common import DataError
@@ -257,6 +257,8 @@ class CachedCandidatesDataModule(L.LightningDataModule):
             grown over the candidate graph (see the module docstring and its measured collapse).
         candidates_per_anchor: cached candidates per direction that each item brings (random batching:
             default 2, each costs one more encoded item per side and anchor; grouped batching: default K).
+        candidate_order: random batching: which ``candidates_per_anchor`` of the K: ``"teacher"`` (default, the
+            teacher's highest-scored) or ``"student"`` (the building student's top ones, cache order).
         seed: seeds the shuffle of seed items (grouped batching; random batching keeps the wrapped module's).
 
     ``setup("fit")`` loads the cache and refuses it (naming the field) when its data fingerprint, split or
@@ -265,7 +267,7 @@ class CachedCandidatesDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data: L.LightningDataModule, cache_dir: str | None = None, batching: str = "random",
-                 candidates_per_anchor: int | None = None, seed: int = 0) -> None:
+                 candidates_per_anchor: int | None = None, candidate_order: str = "teacher", seed: int = 0) -> None:
         super().__init__()
         if batching not in BATCHING:
             raise ValueError(f"data.init_args.batching must be one of {list(BATCHING)}, got {batching!r}")
@@ -275,7 +277,10 @@ class CachedCandidatesDataModule(L.LightningDataModule):
         self.data = data
         self.cache_dir = cache_dir
         self.batching = batching
+        if candidate_order not in ORDERS:
+            raise ValueError(f"data.init_args.candidate_order must be one of {list(ORDERS)}, got {candidate_order!r}")
         self.candidates_per_anchor = candidates_per_anchor
+        self.candidate_order = candidate_order
         self.seed = seed
         self.cache: TeacherCache | None = None
         self.tables: CandidateTables | None = None
@@ -340,7 +345,7 @@ class CachedCandidatesDataModule(L.LightningDataModule):
                              "need one")
         if self.batching == "random":
             per_anchor = self.candidates_per_anchor or min(DEFAULT_CANDIDATES_PER_ANCHOR, self.tables.a2b_ids.shape[1])
-            extras = CandidateExtras(inner.dataset, inner.collate_fn, self.tables, per_anchor)
+            extras = CandidateExtras(inner.dataset, inner.collate_fn, self.tables, per_anchor, self.candidate_order)
             sampler = inner.sampler
             seed = sampler.seed if isinstance(sampler, EpochShuffleSampler) else self.seed
             collate = CachedCollate(inner.collate_fn, self.tables, extras)

@@ -7,10 +7,16 @@ teacher scores come from the teacher-score cache, so the teacher never runs in t
 
 For the items ``I`` of a batch, :class:`CandidateExtras` returns ``batch[CACHE_EXTRA_KEY]``:
 
-* ``b`` / ``b_id``: the other-side inputs and ids of the first ``n`` cached a2b candidates of each item's a
-  id, ``[B*n]`` (row ``i*n + j`` is item ``i``'s ``j``-th candidate); the a2b direction's extra columns;
-* ``a`` / ``a_id``: the same for the first ``n`` cached b2a candidates of each item's b id (its extra rows
-  of the a side, the b2a direction's extra columns).
+* ``b`` / ``b_id``: the other-side inputs and ids of ``n`` cached a2b candidates of each item's a id,
+  ``[B*n]`` (row ``i*n + j`` is item ``i``'s ``j``-th chosen candidate); the a2b direction's extra columns;
+* ``a`` / ``a_id``: the same for ``n`` cached b2a candidates of each item's b id (the b2a direction's extra
+  columns).
+
+Which ``n`` of the K (``order``): ``"teacher"`` (default) takes the ``n`` the teacher scores highest, the
+teacher-selected hard negatives of DCD; ``"student"`` the first ``n`` in cache order, the building student's
+top ``n``. Measured on the shapes grid split (docs/benchmarks.md): the teacher ranks an anchor's binding twin
+first among its cached candidates far more often than the student does, so the teacher's top 2 hold the twin
+for more anchors than the student's top 2.
 
 A slot whose cached candidate is padding (id -1) loads the anchor's own item and keeps the id -1, so it
 never matches a candidate (:func:`~distill.training.candidates.cached.resolve_cached_candidates`) and every
@@ -27,7 +33,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["CandidateExtras"]
+__all__ = ["CandidateExtras", "ORDERS"]
+
+ORDERS = ("teacher", "student")
 
 
 class CandidateExtras:
@@ -38,17 +46,30 @@ class CandidateExtras:
         collate: its collate function (``list[example] -> batch`` with ``a``, ``b``, ``a_id``, ``b_id``).
         tables: the per-item cache tables (:class:`~distill.cache.data.CandidateTables`).
         per_anchor: ``n``, candidates per anchor and direction (at most the cache's K).
+        order: ``"teacher"`` (the ``n`` highest teacher scores) or ``"student"`` (the first ``n`` cached).
     """
 
     def __init__(self, dataset: Dataset[Any], collate: Callable[[list[Any]], Mapping[str, Any]], tables: Any,
-                 per_anchor: int) -> None:
+                 per_anchor: int, order: str = "teacher") -> None:
         width = int(tables.a2b_ids.shape[1])
         if not 1 <= per_anchor <= width:
             raise ValueError(f"candidates_per_anchor must be between 1 and the cache's K = {width}, got {per_anchor}")
+        if order not in ORDERS:
+            raise ValueError(f"candidate_order must be one of {list(ORDERS)}, got {order!r}")
         self.dataset = dataset
         self.collate = collate
         self.tables = tables
         self.per_anchor = int(per_anchor)
+        self.order = order
+
+    def chosen(self, ids: Tensor, scores: Tensor) -> Tensor:
+        """The ``n`` candidate ids kept of each row of ``ids`` ``[B, K]`` (teacher ``scores`` ``[B, K]``), ``[B, n]``;
+        padding (-1) last."""
+        if self.order == "student":
+            return ids[:, :self.per_anchor]
+        keyed = scores.float().masked_fill(ids < 0, float("-inf"))
+        keep = torch.sort(keyed, dim=1, descending=True, stable=True).indices[:, :self.per_anchor]
+        return ids.gather(1, keep)
 
     def _holders(self, anchors: Tensor, ids: Tensor, holder_of: Callable[[int], int]) -> list[int]:
         """The dataset item that holds each candidate id (``[B, n]``), else the anchor's own item."""
@@ -65,9 +86,9 @@ class CandidateExtras:
 
     def __call__(self, items: Tensor) -> dict[str, Any]:
         """``batch[CACHE_EXTRA_KEY]`` for the batched ``items`` (``[B]`` long)."""
-        tables, n = self.tables, self.per_anchor
-        b_ids = tables.a2b_ids[items, :n]  # [B, n] b ids: the a2b candidates of each item's image / query
-        a_ids = tables.b2a_ids[items, :n]  # [B, n] a ids: the b2a candidates of each item's caption / passage
+        tables = self.tables
+        b_ids = self.chosen(tables.a2b_ids[items], tables.a2b_scores[items])  # [B, n] b ids: a2b candidates
+        a_ids = self.chosen(tables.b2a_ids[items], tables.b2a_scores[items])  # [B, n] a ids: b2a candidates
         b_holders = self._holders(items, b_ids, lambda b_id: tables.item_of_b.get(b_id, -1))
         a_holders = self._holders(items, a_ids, lambda a_id: (tables.items_of_a.get(a_id) or [-1])[0])
         resolved_b = torch.tensor([tables.item_of_b.get(i, -1) >= 0 for i in b_ids.reshape(-1).tolist()])

@@ -126,6 +126,7 @@ class DistillationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.test_results: Results = {}
+        self.teacher_pairs_scored = 0  # distinct pairs the live teacher scored in training, in this process's run
 
     # ------------------------------------------------------------------ checks of the recipe
     def _check_weights(self, weights: dict[str, float]) -> dict[str, float]:
@@ -252,6 +253,8 @@ class DistillationModule(L.LightningModule):
         self.log("train/temperature", 1.0 / self.student.logit_scale.detach(), batch_size=batch_size)
         for key, value in stats.items():
             self.log(f"train/{key}", value, batch_size=batch_size)
+        self.teacher_pairs_scored += int(stats.get("teacher_pairs", 0))
+        self.log("train/teacher_pairs_total", float(self.teacher_pairs_scored), batch_size=batch_size)
         embedding_stats = getattr(self.student, "embedding_stats", None)
         if embedding_stats is not None and inputs.student_embeddings is not None:
             for side, embeddings in zip(("a", "b"), inputs.student_embeddings):
