@@ -304,3 +304,41 @@ def test_cached_recipe_refreshes_through_the_cli(tmp_path: Path, teacher_dir: Pa
     assert float(metrics["train/cache_pairs_scored"]) == manifest["pairs_scored"]
     assert float(metrics["train/cache_pairs_reused"]) == manifest["pairs_reused"] > 0
     assert cli.datamodule.cache.path == tmp_path / "cache-step1"
+
+
+def test_a_generation_left_by_another_student_is_replaced_and_a_foreign_folder_refused(
+        tmp_path: Path, teacher_dir: Path, built_cache: Path) -> None:
+    """A resumed run that reaches a refresh step again finds the folder its first attempt built with other
+    weights: it is rebuilt with the current student. A folder holding anything else is never deleted."""
+    import shutil
+
+    first, stale = tmp_path / "cache", tmp_path / "cache-step1"
+    shutil.copytree(built_cache, first)
+    shutil.copytree(built_cache, stale)  # built by the recipe's student, not this run's
+    data = CachedCandidatesDataModule(ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA))
+    module = _module(teacher_dir, first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(tmp_path, 1, CacheRefresh(every_n_steps=1), enable_checkpointing=False).fit(module, datamodule=data)
+    rebuilt = json.loads((stale / "manifest.json").read_text())
+    assert rebuilt["student"] != json.loads((built_cache / "manifest.json").read_text())["student"]
+    assert rebuilt["refresh_from"][0]["folder"] == "cache"
+
+    def run_again() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trainer(tmp_path, 1, CacheRefresh(every_n_steps=1), enable_checkpointing=False).fit(
+                _module(teacher_dir, first), datamodule=CachedCandidatesDataModule(
+                    ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA)))
+
+    before = _folder_bytes(stale)
+    run_again()  # the same student again (a deterministic resume): the folder is confirmed, not rebuilt
+    assert _folder_bytes(stale) == before
+
+    shutil.rmtree(stale)
+    shutil.copytree(built_cache, stale)
+    (stale / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="cache-step1' holds a cache of another student and 'notes.txt', which distill "
+                                         "did not write: move it out"):
+        run_again()
+    assert (stale / "notes.txt").read_text() == "mine"

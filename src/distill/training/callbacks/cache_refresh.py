@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from distill.cache.build import BuildSettings, build_teacher_cache
 from distill.cache.format import FORMAT, MANIFEST_NAME, read_manifest, tensor_digest
 from distill.cache.shards import PLAN_NAME, PROGRESS_PREFIX
+from distill.errors import InputError
 
 __all__ = ["CacheRefresh"]
 
@@ -94,8 +95,10 @@ class CacheRefresh(Callback):
                                  world_size=trainer.world_size)
         student, teacher = pl_module.student, pl_module.teacher
         _broadcast_buffers(student, trainer.world_size)
-        if trainer.global_rank == 0:
-            _discard_other_student(target, tensor_digest(student.state_dict()))
+        stale = _other_student(target, tensor_digest(student.state_dict()))  # every process checks, one deletes
+        trainer.strategy.barrier("cache_refresh_check")
+        if stale and trainer.global_rank == 0:
+            shutil.rmtree(target)
         trainer.strategy.barrier("cache_refresh_start")
         was_training, teacher_device = student.training, next(teacher.parameters()).device
         parents = list(reversed(self.generations))  # newest first: a pair several hold takes the newest score
@@ -129,18 +132,21 @@ def _broadcast_buffers(student: torch.nn.Module, world_size: int) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
-def _discard_other_student(target: Path, student_digest: str) -> None:
-    """Remove a generation folder built (or begun) by another student: only cache files, of this format."""
+def _other_student(target: Path, student_digest: str) -> bool:
+    """Whether ``target`` holds a cache (complete or begun) of another student, made of cache files only (which a
+    refresh may then replace); a refusal when it holds anything else."""
     for name in (MANIFEST_NAME, PLAN_NAME):
         try:
             header = json.loads((target / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if header.get("format") != FORMAT or header.get("student", {}).get("weights_sha256") == student_digest:
-            return
-        ours = all(p.suffix == ".safetensors" or p.name in (MANIFEST_NAME, PLAN_NAME)
-                   or p.name.startswith(PROGRESS_PREFIX) or p.name.endswith((".tmp", ".lock")) for p in target.iterdir())
-        if ours:
-            shutil.rmtree(target)
-        return
-
+            return False
+        foreign = [p.name for p in sorted(target.iterdir()) if not (
+            p.suffix == ".safetensors" or p.name in (MANIFEST_NAME, PLAN_NAME) or p.name.startswith(PROGRESS_PREFIX)
+            or p.name.endswith((".tmp", ".lock")))]
+        if foreign:
+            raise InputError(f"CacheRefresh: '{target}' holds a cache of another student and '{foreign[0]}', which "
+                             "distill did not write: move it out of the folder (the folder is then rebuilt)")
+        return True
+    return False
