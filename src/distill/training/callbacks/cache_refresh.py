@@ -31,7 +31,9 @@ class CacheRefresh(Callback):
     The data module (:class:`~distill.cache.CachedCandidatesDataModule`) then reads the new cache: with
     ``num_workers: 0`` the next batch carries its candidates; with loader worker processes (which hold a copy
     of the old one), the first batch of the next epoch, when the loader is made again.
-    ``train/cache_pairs_scored`` and ``train/cache_pairs_reused`` are logged at each refresh.
+    ``train/cache_pairs_scored`` and ``train/cache_pairs_reused`` are logged at each refresh. (Grouped batching
+    under DDP: Lightning rebuilds the batch sampler, which keeps grouping by the first cache's candidates, while
+    the batches carry the new cache's.)
 
     Under DDP every process computes its share of the shards, then they meet at a barrier, process 0 writes the
     manifest, and every process loads the new cache. The checkpoint stores the generations, so ``fit
