@@ -116,8 +116,11 @@ def test_search_of_an_index_built_from_such_an_export_runs_no_code(tmp_path: Pat
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("where", ["class_path", "shorthand"])
 def test_a_class_outside_distill_is_never_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  tiny_datamodule) -> None:
+                                                  tiny_datamodule, where: str) -> None:
+    """``tower_a: {class_path: evil_student.Tower}``, or jsonargparse's shorthand ``tower_a: evil_student.Tower``
+    (a bare string where a class is expected is imported as one): the module is never imported."""
     from tests.helpers import DENSE_SPEC, build
 
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -125,8 +128,12 @@ def test_a_class_outside_distill_is_never_imported(tmp_path: Path, monkeypatch: 
     export = tmp_path / "export"
     export_student(build(DENSE_SPEC), export, DENSE_SPEC, tiny_datamodule, onnx=False)
     config = json.loads((export / "student_config.json").read_text())
-    config["student"]["init_args"]["tower_a"]["class_path"] = "evil_student.Tower"
+    if where == "class_path":
+        config["student"]["init_args"]["tower_a"]["class_path"] = "evil_student.Tower"
+    else:
+        config["student"]["init_args"]["tower_a"] = "evil_student.Tower"
     (export / "student_config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsafeFileError, match=r"sets student\.init_args\.tower_a\.class_path = 'evil_student\.Tower'"):
+    key = "tower_a.class_path" if where == "class_path" else "tower_a"
+    with pytest.raises(UnsafeFileError, match=rf"sets student\.init_args\.{key} = 'evil_student\.Tower'"):
         load_student(export)
     assert "evil_student" not in sys.modules and not (tmp_path / "ran").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = ["ALLOW_FLAG", "check_export_code", "check_folder_auto_map"]
 
 ALLOW_FLAG = "--trust-remote-code"
 OWN_PACKAGE = "distill."
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
 def _refuse(where: Path, key: str, value: Any) -> UnsafeFileError:
@@ -43,6 +45,19 @@ def _walk(value: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(inner, f"{key}[{index}]")
 
 
+def _foreign_import_path(value: Any) -> bool:
+    """True for a dotted name (``pkg.module.Class``) whose top-level module exists outside distill (found without
+    importing it)."""
+    import importlib.util
+
+    if not isinstance(value, str) or not IMPORT_PATH.match(value) or value.startswith(OWN_PACKAGE):
+        return False
+    try:
+        return importlib.util.find_spec(value.split(".", 1)[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_folder_auto_map(folder: str | os.PathLike[str], allow: bool = False) -> None:
     """Refuse a model folder whose top-level JSON configs (``config.json``, ``tokenizer_config.json``...) name an
     ``auto_map`` module, unless ``allow``."""
@@ -61,8 +76,9 @@ def check_folder_auto_map(folder: str | os.PathLike[str], allow: bool = False) -
 def check_export_code(folder: str | os.PathLike[str], config: Mapping[str, Any], allow: bool = False) -> None:
     """Refuse an export whose ``student_config.json`` (``config``) or model files would run code, unless ``allow``.
 
-    Checked: every ``class_path`` lies in the ``distill`` package, no ``trust_remote_code`` is set, no ``auto_map``
-    appears in the spec, in the folder's top-level JSON configs or in a local ``pretrained`` folder's.
+    Checked: every ``class_path`` (and every other value that names an importable module's object) lies in the
+    ``distill`` package, no ``trust_remote_code`` is set, no ``auto_map`` appears in the spec, in the folder's
+    top-level JSON configs or in a local ``pretrained`` folder's.
     """
     if allow:
         return
@@ -73,6 +89,8 @@ def check_export_code(folder: str | os.PathLike[str], config: Mapping[str, Any],
     for key, value in _walk(config.get("student"), "student"):
         name = key.rsplit(".", 1)[-1]
         if name == "class_path" and not (isinstance(value, str) and value.startswith(OWN_PACKAGE)):
+            raise _refuse(source, key, value)
+        if _foreign_import_path(value):  # jsonargparse reads a bare string as a class path where a class is expected
             raise _refuse(source, key, value)
         if (name == "trust_remote_code" and value) or (name == "auto_map" and value):
             raise _refuse(source, key, value)
