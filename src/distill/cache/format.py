@@ -267,8 +267,11 @@ class TeacherCache:
 
 def load_cache(path: str | Path, verify_checksums: bool = True) -> TeacherCache:
     """Read a complete cache folder (manifest + shards), checking each shard's SHA-256."""
+    from distill.cache.checks import check_cache, check_manifest_shards, check_shard
+
     folder = Path(path)
     manifest = read_manifest(folder)
+    k = check_manifest_shards(manifest, folder)
     parts: dict[str, list[dict[str, Tensor]]] = {kind: [] for kind in SHARD_KINDS}
     for entry in manifest["shards"]:
         shard_path = folder / entry["file"]
@@ -279,11 +282,12 @@ def load_cache(path: str | Path, verify_checksums: bool = True) -> TeacherCache:
             raise CacheMismatchError(f"teacher cache shard '{shard_path}' does not match its sha256 in "
                                      f"{MANIFEST_NAME} (corrupted or edited); {REBUILD_HINT}")
         parts[entry["kind"]].append(load_safetensors(data))
+        check_shard(shard_path, entry["kind"], parts[entry["kind"]][-1], k)
 
     def cat(kind: str, key: str) -> Tensor:
         return torch.cat([part[key] for part in parts[kind]]) if parts[kind] else torch.zeros(0)
 
-    return TeacherCache(
+    cache = TeacherCache(
         path=folder,
         manifest=manifest,
         pair_a_ids=cat("pairs", "a_ids"),
@@ -293,3 +297,5 @@ def load_cache(path: str | Path, verify_checksums: bool = True) -> TeacherCache:
         candidate_ids={d: cat(d, "candidate_ids") for d in DIRECTIONS},
         teacher_scores={d: cat(d, "teacher_scores") for d in DIRECTIONS},
     )
+    check_cache(folder, manifest, cache.pair_a_ids, cache.pair_b_ids, cache.anchor_ids, cache.candidate_ids)
+    return cache
