@@ -50,6 +50,14 @@ def test_a_users_folder_or_another_kind_is_refused_and_kept(tmp_path: Path) -> N
         check_output(index, "index")
 
 
+def test_an_artefact_from_before_the_mark_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    old = _built(tmp_path / "export", files=("student_config.json",))
+    (old / MARK_NAME).unlink()
+    with pytest.raises(InputError, match=r"looks like a distill artefact written before folders carried the "
+                                         r"\.distill\.json mark.*delete it yourself or choose a new folder"):
+        check_output(old, "export")
+
+
 def test_a_folder_that_gains_a_users_file_during_the_build_is_not_swapped_out(tmp_path: Path) -> None:
     export = _built(tmp_path / "export")
     with pytest.raises(InputError, match="'notes.txt' in it is not"):

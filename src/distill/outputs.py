@@ -22,6 +22,7 @@ from distill.errors import InputError
 __all__ = ["MARK_NAME", "check_output", "claim_output", "write_mark"]
 
 MARK_NAME = ".distill.json"
+LEGACY_MANIFESTS = ("student_config.json", "index.json")  # exports and indexes written before the mark existed
 Inputs = Mapping[str, "str | os.PathLike[str] | None"]
 Recognise = Callable[[Path], bool]
 
@@ -104,6 +105,10 @@ def _check_folder(path: Path, kind: str, flag: str, recognise: Recognise | None)
     if mark is None:
         if recognise is not None and recognise(path):
             return
+        if any(name in LEGACY_MANIFESTS for name in entries):
+            raise InputError(f"{flag} '{path}' looks like a distill artefact written before folders carried the "
+                             f"{MARK_NAME} mark, so distill cannot tell what in it is yours: delete it yourself or "
+                             "choose a new folder")
         shown = ", ".join(f"'{name}'" for name in entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise InputError(f"{flag} '{path}' is a folder distill did not write (it holds {shown}): distill replaces "
                          f"only {kind} folders it wrote; choose a new or empty folder")
