@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.io import atomic_write_bytes, atomic_write_json, read_json
+from distill.serving.index.checks import check_finite
 
 ARRAYS_NAME = "dense.npz"
 META_NAME = "dense.json"
@@ -107,4 +108,9 @@ class DenseIndex:
         if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != "dense":
             raise ValueError(f"'{Path(folder) / META_NAME}' is not a version-{FORMAT_VERSION} dense index")
         with np.load(Path(folder) / ARRAYS_NAME, allow_pickle=False) as arrays:
-            return cls(arrays["embeddings"])
+            index = cls(arrays["embeddings"])
+        if (meta.get("count"), meta.get("dim")) != (len(index), index.dim):
+            raise ValueError(f"'{Path(folder) / META_NAME}' says {meta.get('count')} x {meta.get('dim')} vectors, "
+                             f"'{Path(folder) / ARRAYS_NAME}' holds {len(index)} x {index.dim}")
+        check_finite(Path(folder) / ARRAYS_NAME, index.embeddings)
+        return index

@@ -20,6 +20,7 @@ import numpy as np
 from distill.errors import InputError
 from distill.io import atomic_path, atomic_write_json, read_json
 from distill.serving.index.backends import BackendSettings, require
+from distill.serving.index.checks import check_finite
 from distill.serving.index.dense import merge_top_k
 
 INDEX_NAME = "faiss.index"
@@ -163,6 +164,19 @@ class FaissIndex:
         except RuntimeError as error:
             raise InputError(f"'{Path(folder) / INDEX_NAME}' is not a FAISS index FAISS can read "
                              f"({str(error).splitlines()[0][:120]}): rebuild it") from None
+        stored = _flat_vectors(faiss, index)
+        if stored is not None:  # flat and HNSW storage: the vectors themselves (IVF and PQ keep codes only)
+            check_finite(Path(folder) / INDEX_NAME, stored)
         loaded = cls(index, settings, str(meta.get("description", "")))
         loaded._nbytes = (Path(folder) / INDEX_NAME).stat().st_size
         return loaded
+
+
+def _flat_vectors(faiss: Any, index: Any) -> np.ndarray | None:
+    """A view (no copy) of the float32 vectors a flat or HNSW index stores, or ``None`` for coded indexes."""
+    found = faiss.downcast_index(index)
+    storage = found if isinstance(found, faiss.IndexFlat) else getattr(found, "storage", None)
+    storage = faiss.downcast_index(storage) if storage is not None else None
+    if not isinstance(storage, faiss.IndexFlat) or storage.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(storage.ntotal, storage.d)

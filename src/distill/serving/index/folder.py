@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from distill.errors import InputError
 from distill.io import atomic_folder, atomic_write_json, folder_manifest, read_json, verify_folder
 from distill.serving.index.backends import BackendSettings, VectorIndex, require
+from distill.serving.index.checks import check_manifest
 from distill.serving.index.corpus import CorpusItem, encode_texts, split_items
 from distill.serving.index.dense import DenseIndex
 from distill.serving.index.sparse import SparseIndex, as_csr, prune_top_k_rows
@@ -204,9 +205,15 @@ def open_index(folder: str | os.PathLike[str], url: str | None = None, backend: 
     built_with = meta.get("backend", "numpy")
     if backend is not None and backend != built_with:
         raise InputError(f"--backend {backend}: index '{folder}' was built with --backend {built_with}")
+    check_manifest(folder, meta, ITEMS_NAME, INDEX_META)
     verify_folder(folder, meta.get("files") or {}, "index", REBUILD)
     settings = settings_of(meta, url)
-    index = _open_backend(Path(folder), meta, settings)
+    try:
+        index = _open_backend(Path(folder), meta, settings)
+    except (ValueError, FileNotFoundError) as error:  # the backends' own checks of their files, one line
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"index '{folder}': {error}: {REBUILD}") from None
     items = [CorpusItem(**row) for row in read_json(Path(folder) / ITEMS_NAME)]
     if len(items) != len(index) or len(items) != int(meta.get("count", -1)):
         raise InputError(f"index '{folder}' holds {len(index)} vectors and {len(items)} items, its manifest "
