@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests distil from randomly initialised teachers, which the teacher check at the start of fit would refuse;
+# the tests of the check (tests/training/test_teacher_check.py) turn it back on.
+os.environ.setdefault("DISTILL_TEACHER_CHECK", "0")
 
 from tests.helpers import (  # noqa: E402  (the offline switches above must come first)
     TINY_DATA,

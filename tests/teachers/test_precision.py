@@ -7,13 +7,15 @@ pairs; ``benchmarks/scale.py`` reports the same comparison on the trained demo t
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from distill.teachers import BlipITMTeacher, ShapesCrossEncoder
 from distill.teachers.scoring import TeacherScorer
-from tests.helpers import BERT_VOCAB, IMAGE_SIZE, TINY_TEACHER
+from tests.helpers import BERT_VOCAB, IMAGE_SIZE, TINY_TEACHER, fit_args
 
 
 def score_grid(teacher: nn.Module, images: dict[str, torch.Tensor], captions: dict[str, torch.Tensor],
@@ -56,3 +58,17 @@ def test_bf16_blip_stays_close_to_fp32(tiny_models) -> None:
     captions = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     difference, spread = compare(teacher, images, captions)
     assert 0 < difference < 0.1 * spread, (difference, spread)
+
+
+@pytest.mark.parametrize(("written", "expected"), [("32", "32"), ("'32'", "32"), ("bf16", "bf16"), ("16", "16")])
+def test_recipe_precision_as_a_number_or_a_string(written: str, expected: str, tmp_path: Path,
+                                                  tiny_teacher_dir: Path) -> None:
+    """YAML reads ``teacher_precision: 32`` as an integer; the recipe takes it as it takes ``"32"``."""
+    from distill.cli.recipe import DistillCLI
+
+    extra = tmp_path / "precision.yaml"
+    extra.write_text(f"model:\n  init_args:\n    teacher_precision: {written}\n")
+    args = fit_args("shapes-kl.yaml", tmp_path, f"--model.init_args.teacher.init_args.weights={tiny_teacher_dir}",
+                    "--config", str(extra))
+    cli = DistillCLI(args=args[1:], run=False)
+    assert cli.model.scorer.precision == expected

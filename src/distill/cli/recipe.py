@@ -58,6 +58,11 @@ class DistillCLI(LightningCLI):
         finally:
             sys.argv = argv
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--teacher_check", type=bool, default=True,
+                            help="fit: before the first step, stop when the teacher re-ranks a sample of validation "
+                                 "queries no better than the student ranks them (distill.training.callbacks.TeacherCheck)")
+
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
@@ -94,6 +99,19 @@ class DistillCLI(LightningCLI):
                 _report_setup_errors(part, owner)
         if self.subcommand == "fit":
             check_optimization(self.model)
+        self._switch_teacher_check()
+
+    def _switch_teacher_check(self) -> None:
+        """``--teacher_check false`` turns the recipe's TeacherCheck callbacks off."""
+        from distill.training.callbacks import TeacherCheck
+
+        config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+        trainer = getattr(self, "trainer", None)
+        if config is None or config.get("teacher_check", True) or trainer is None:
+            return
+        for callback in trainer.callbacks:
+            if isinstance(callback, TeacherCheck):
+                callback.enabled = False
 
 
 def _raised_by_lightning_settings(error: BaseException) -> bool:

@@ -28,7 +28,7 @@ TEACHER_PRECISIONS: dict[str, torch.dtype] = {"32": torch.float32, "bf16": torch
 __all__ = ["TEACHER_PRECISIONS", "TeacherScorer", "check_precision", "unique_pairs"]
 
 
-def check_precision(precision: str, setting: str = "teacher_precision") -> str:
+def check_precision(precision: str | int, setting: str = "teacher_precision") -> str:
     """``precision`` as one of :data:`TEACHER_PRECISIONS`' keys (``32`` / ``bf16`` / ``16``), or a clear error."""
     value = str(precision).removesuffix("-true").removesuffix("-mixed")
     if value in ("32", "fp32", "float32"):

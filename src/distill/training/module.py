@@ -75,8 +75,8 @@ class DistillationModule(L.LightningModule):
         evaluator: default :class:`~distill.evaluation.RecallEvaluator`; text retrieval uses
             :class:`~distill.evaluation.QrelsEvaluator`.
         teacher_max_pairs: at most this many pairs per teacher forward, in training and evaluation.
-        teacher_precision: ``32``, ``bf16`` or ``16``: the teacher's weights and forwards, whatever the
-            trainer's precision.
+        teacher_precision: ``32``, ``bf16`` or ``16`` (a number or a string): the teacher's weights and forwards,
+            whatever the trainer's precision.
         optimizer / lr_scheduler: callables receiving the trainable parameters / the optimizer.
         gradient_checkpointing: recompute the student towers' activations in the backward pass.
         student_init: start from trained student weights: a checkpoint of an earlier run (its ``student.*``
@@ -93,7 +93,7 @@ class DistillationModule(L.LightningModule):
         candidates: CandidateSource | list[CandidateSource] | None = None,
         evaluator: RetrievalEvaluator | None = None,
         teacher_max_pairs: int | None = None,
-        teacher_precision: str = "32",
+        teacher_precision: str | int = "32",
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         gradient_checkpointing: bool = False,
@@ -104,7 +104,7 @@ class DistillationModule(L.LightningModule):
             load_student_weights(student, student_init, option="model.init_args.student_init")
         self.student = student
         self.teacher = teacher.freeze() if teacher is not None else None
-        check_precision(teacher_precision, "model.init_args.teacher_precision")
+        teacher_precision = check_precision(teacher_precision, "model.init_args.teacher_precision")
         if teacher_max_pairs is not None and teacher_max_pairs < 1:
             raise ValueError(f"model.init_args.teacher_max_pairs must be >= 1 or null, got {teacher_max_pairs}")
         self.scorer = TeacherScorer(teacher, teacher_max_pairs, teacher_precision) if teacher is not None else None

@@ -16,6 +16,8 @@
   current batch, then exit with status 128 + signal; ``fit --ckpt_path last`` resumes.
 * :class:`RandomStateCheckpoint`: every checkpoint carries the random generators' states, so a resumed
   run draws the same dropout masks as an uninterrupted one.
+* :class:`TeacherCheck`: at the start of ``fit``, the teacher must re-rank a sample of validation queries better
+  than the student ranks them alone, or the run stops with both numbers.
 * :class:`ProgressLog`: one line per epoch (loss terms, validation, elapsed and remaining time) when the
   output is not a terminal, where the progress bar would be noise.
 """
@@ -28,6 +30,7 @@ from distill.training.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossEr
 from distill.training.callbacks.progress import ProgressLog
 from distill.training.callbacks.random_state import RandomStateCheckpoint
 from distill.training.callbacks.sparse import SparseCollapseError, SparseCollapseGuard
+from distill.training.callbacks.teacher_check import TeacherCheck, TeacherCheckError
 
 __all__ = [
     "CacheRefresh",
@@ -42,6 +45,8 @@ __all__ = [
     "RandomStateCheckpoint",
     "SparseCollapseError",
     "SparseCollapseGuard",
+    "TeacherCheck",
+    "TeacherCheckError",
     "TrainingInterrupted",
     "embedding_vocab_size",
 ]
