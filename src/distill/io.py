@@ -99,11 +99,23 @@ def load_weights(path: str | os.PathLike[str], option: str = "weights file") -> 
     if not source.is_file():
         raise InputError(f"{option} '{source}' does not exist")
     try:
-        return load_file(str(source))
+        tensors = load_file(str(source))
     except Exception as error:  # safetensors raises its own SafetensorError (and OSError, ValueError)
         raise InputError(f"{option} '{source}' is damaged or not a safetensors file "
                          f"({str(error).splitlines()[0][:120] if str(error) else type(error).__name__}): "
                          "restore it or export it again") from None
+    _refuse_non_finite(tensors, option, source, "export or save it again from a run that did not diverge")
+    return tensors
+
+
+def _refuse_non_finite(tensors: dict[str, Any], option: str, source: Path, fix: str) -> None:
+    from distill.errors import InputError
+    from distill.finite import non_finite_tensor
+
+    name = non_finite_tensor(tensors)
+    if name is not None:
+        raise InputError(f"{option} '{source}': tensor '{name}' holds NaN or infinite values (the weights of a run "
+                         f"that diverged, or an edited file): {fix}")
 
 
 def load_weights_into(module: torch.nn.Module, path: str | os.PathLike[str],
@@ -334,6 +346,9 @@ def load_checkpoint_file(path: str | os.PathLike[str], option: str = "checkpoint
                          f"format: {first})") from None
     if not isinstance(checkpoint, dict):
         raise InputError(f"{option} '{source}' holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    weights = checkpoint.get("state_dict", checkpoint)
+    if isinstance(weights, dict):
+        _refuse_non_finite(weights, option, source, "use an earlier checkpoint, from before the run diverged")
     return checkpoint
 
 
