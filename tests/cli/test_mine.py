@@ -10,7 +10,7 @@ import torch
 
 from distill.cli import main
 from distill.errors import InputError
-from tests.helpers import REPO_ROOT, fit_and_check
+from tests.helpers import REPO_ROOT, error_line, fit_and_check
 
 RECIPE = str(REPO_ROOT / "configs" / "msmarco" / "cross-encoder-to-minilm-margin-mse.yaml")
 
@@ -51,4 +51,22 @@ def test_mine_refuses_impossible_settings(tmp_path: Path, tiny_models, beir_dir:
 
         mine_main(["--config", RECIPE, "--out", str(tmp_path / "x.jsonl"), "--depth", "5",
                    *_data_args(beir_dir, tiny_models)])
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_mine_with_the_student_alone_never_loads_the_teacher(tmp_path: Path, beir_dir: Path) -> None:
+    """The recipe's teacher and teacher tokenizer are hub ids this machine cannot reach: mining without
+    --teacher-scores needs neither."""
+    out = tmp_path / "mined.jsonl"
+    main(["mine", "--config", RECIPE, "--out", str(out), "--negatives", "2", "--depth", "4", "--batch-size", "3",
+          f"--data.init_args.data_dir={beir_dir}", "--data.init_args.passage_max_length=32"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and all(len(row["negative_ids"]) == 2 and "teacher_scores" not in row for row in rows)
+
+
+def test_mine_with_teacher_scores_and_an_unreachable_teacher_is_one_line(tmp_path: Path, beir_dir: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    line = error_line(capsys, ["mine", "--config", RECIPE, "--out", str(tmp_path / "x.jsonl"), "--teacher-scores",
+                               f"--data.init_args.data_dir={beir_dir}"])
+    assert "cross-encoder/ms-marco-MiniLM-L-6-v2" in line and "hub downloads are off" in line
     assert not (tmp_path / "x.jsonl").exists()

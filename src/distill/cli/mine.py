@@ -5,8 +5,8 @@
         [--teacher-scores] [--student-ckpt <run>.ckpt] [--data.init_args.data_dir=...]   # recipe overrides
 
 The recipe's student (its initial weights, or ``--student-ckpt``: a checkpoint or an export folder) mines
-each training query's hard negatives over the whole corpus; ``--teacher-scores`` also stores the recipe's
-teacher's score of every pair. See :mod:`distill.cache.mine`.
+each training query's hard negatives over the whole corpus, alone: the recipe's teacher is not loaded.
+``--teacher-scores`` also loads the teacher and stores its score of every pair. See :mod:`distill.cache.mine`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,26 +70,65 @@ def mined_file(path: Path) -> bool:
 
 
 def _mine(args: argparse.Namespace, overrides: list[str]) -> None:
-    from distill.cli.recipe import DistillCLI, read_recipe
+    from distill.cli.recipe import read_recipe
 
-    data = (read_recipe(args.config, overrides).data or {}).get("class_path", "")
+    # The file being mined may not exist yet: the data module reads the training queries from the qrels.
+    recipe = read_recipe(args.config, [*overrides, "--data.init_args.train_file=null"])
+    data = (recipe.data or {}).get("class_path", "")
     if not str(data).endswith("BeirTextDataModule"):
         raise InputError(f"mining needs a BEIR text data module, not {str(data).rsplit('.', 1)[-1] or 'none'} "
                          f"('{args.config}' data.class_path): use a query-passage recipe such as configs/msmarco/")
-    # The file being mined may not exist yet: the data module reads the training queries from the qrels.
+    if args.teacher_scores:
+        student, teacher, datamodule = _with_teacher(args, overrides)
+    else:  # the student alone: the recipe's teacher (and its tokenizer) are never loaded
+        student, teacher, datamodule = _student_only(recipe), None, _data_without_teacher(recipe.data)
+    if args.student_ckpt:
+        load_student_weights(student, args.student_ckpt, option="--student-ckpt")
+    datamodule.setup("fit")
+    settings = MineSettings(negatives=args.negatives, depth=args.depth, skip_top=args.skip_top, split=args.split,
+                            batch_size=args.batch_size, seed=args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    counts = mine_training_file(student, datamodule, args.out, settings, teacher, args.teacher_max_pairs, device)
+    print(f"wrote {counts['queries']:,} training queries with {counts['negatives']:,} mined negatives "
+          f"(over {counts['passages']:,} passages) to {args.out}", file=sys.stderr)
+
+
+def _with_teacher(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, Any, Any]:
+    """The recipe's student, teacher and data module, built as ``fit`` builds them."""
+    from distill.cli.recipe import DistillCLI
+
     cli = DistillCLI(args=["--config", args.config, *overrides, "--data.init_args.train_file=null"], run=False)
     student, teacher = getattr(cli.model, "student", None), getattr(cli.model, "teacher", None)
     if student is None:
         raise InputError(f"--config '{args.config}' has no model.init_args.student to mine with")
-    if args.teacher_scores and teacher is None:
+    if teacher is None:
         raise InputError(f"--teacher-scores needs model.init_args.teacher in '{args.config}'")
-    if args.student_ckpt:
-        load_student_weights(student, args.student_ckpt, option="--student-ckpt")
-    cli.datamodule.setup("fit")
-    settings = MineSettings(negatives=args.negatives, depth=args.depth, skip_top=args.skip_top, split=args.split,
-                            batch_size=args.batch_size, seed=args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    counts = mine_training_file(student, cli.datamodule, args.out, settings,
-                                teacher if args.teacher_scores else None, args.teacher_max_pairs, device)
-    print(f"wrote {counts['queries']:,} training queries with {counts['negatives']:,} mined negatives "
-          f"(over {counts['passages']:,} passages) to {args.out}", file=sys.stderr)
+    return student, teacher, cli.datamodule
+
+
+def _student_only(recipe: Any) -> Any:
+    """The recipe's student (with its ``student_init`` weights), built alone."""
+    from distill.errors import RecipeError, one_line, root_cause
+    from distill.instantiate import instantiate
+
+    try:
+        student = instantiate(recipe.student)
+    except (ValueError, OSError) as error:
+        raise RecipeError(f"model.init_args.student: {one_line(root_cause(error))}") from error
+    if recipe.student_init:
+        load_student_weights(student, recipe.student_init, option="model.init_args.student_init")
+    return student
+
+
+def _data_without_teacher(data: dict[str, Any]) -> Any:
+    """The recipe's data module without the teacher's tokenizer (nothing here feeds the teacher)."""
+    import lightning as L
+
+    from distill.errors import RecipeError, one_line, root_cause
+    from distill.instantiate import instantiate
+
+    spec = {**data, "init_args": {**data.get("init_args", {}), "teacher_tokenizer": None}}
+    try:
+        return instantiate(spec, L.LightningDataModule)
+    except (ValueError, OSError) as error:
+        raise RecipeError(f"data: {one_line(root_cause(error))}") from error

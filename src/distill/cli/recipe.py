@@ -87,9 +87,12 @@ class DistillCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as error:
+        except (FileNotFoundError, ValueError, KeyError, TypeError, ImportError, RuntimeError,
+                MisconfigurationException) as error:
             if isinstance(error, DistillError):
                 raise
+            if isinstance(error, MisconfigurationException):  # the Trainer's own settings
+                raise RecipeError(f"trainer: {one_line(error)}") from error
             message = one_line(root_cause(error))
             config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
             key = recipe_key(config, message)

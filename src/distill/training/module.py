@@ -37,6 +37,7 @@ from distill.teachers.scoring import check_precision
 from distill.training.candidates import CachedCandidates, CandidateSource, InBatchNegatives, Side, StepView
 from distill.training.optim import default_optimizer, optimizer_config, resolve_run_length
 from distill.training.step import candidate_scores
+from distill.training.val_interval import fit_validation_interval
 
 TEACHER_PREFIX = "teacher."
 logger = logging.getLogger("distill.training")
@@ -179,6 +180,7 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._teacher_precision()
+        fit_validation_interval(self.trainer)
         if self.teacher is not None and self.trainer.is_global_zero:
             modules = sum(1 for _ in self.teacher.modules())
             logger.info("the teacher (%s, %d modules, %s) is frozen: it stays in eval mode, out of the optimizer "
