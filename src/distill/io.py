@@ -56,10 +56,23 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, _default_mode())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        named = full_disk_error(error, target)
+        if named is not error:
+            raise named from None
         raise
     fsync_folder(target.parent)
+
+
+def full_disk_error(error: BaseException, path: str | os.PathLike[str]) -> BaseException:
+    """``OSError(ENOSPC)`` naming ``path`` when ``error`` is a full disk that does not say where (a file object's
+    write, or a writer that reports it in its own words, e.g. safetensors' ``os error 28``); else ``error``."""
+    import errno
+
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC and not error.filename) or \
+        (not isinstance(error, OSError) and "(os error 28)" in str(error))
+    return OSError(errno.ENOSPC, "No space left on device", os.fspath(path)) if full else error
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -86,8 +99,11 @@ def save_weights(path: str | os.PathLike[str], state_dict: dict[str, torch.Tenso
         save_file(tensors, tmp_name)
         os.chmod(tmp_name, _default_mode())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        named = full_disk_error(error, target)
+        if named is not error:
+            raise named from None
         raise
 
 
@@ -270,8 +286,12 @@ def atomic_folder(target: str | os.PathLike[str], what: str = "folder", kind: st
                     raise FileExistsError(f"'{path}' exists and is not a folder: choose another output folder")
                 os.replace(scratch, path)
             fsync_folder(path.parent)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(scratch, ignore_errors=True)
+            named = full_disk_error(error, path)
+            if isinstance(named, OSError) and named.errno == 28:  # name the output, not the removed scratch folder
+                where = os.fspath(named.filename or path).replace(os.fspath(scratch), os.fspath(path), 1)
+                raise OSError(28, "No space left on device", where) from None
             raise
 
 

@@ -45,12 +45,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
         with atomic_writer(os.fspath(path)) as handle:
-            torch.save(checkpoint, handle)
+            writer = _RecordingWriter(handle)
+            try:
+                torch.save(checkpoint, writer)
+            except RuntimeError:
+                # torch's zip writer reports a failed write (a full disk) as "unexpected pos": raise what it hid.
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
 
     def load_checkpoint(self, path: _PATH, map_location: Callable[..., Any] | Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         """Read with ``torch.load(weights_only=True)`` whatever is asked; remote paths are refused (one line)."""
         return load_checkpoint_file(os.fspath(path), "--ckpt_path")
+
+
+class _RecordingWriter:
+    """A file object for ``torch.save`` that remembers the ``OSError`` its ``write`` raised."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def check_ckpt_path(value: str | None) -> None:
