@@ -54,14 +54,19 @@ def test_mine_refuses_impossible_settings(tmp_path: Path, tiny_models, beir_dir:
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_mine_with_the_student_alone_never_loads_the_teacher(tmp_path: Path, beir_dir: Path) -> None:
+def test_mine_with_the_student_alone_never_loads_the_teacher(tmp_path: Path, beir_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The recipe's teacher and teacher tokenizer are hub ids this machine cannot reach: mining without
-    --teacher-scores needs neither."""
+    --teacher-scores needs neither. Outside a terminal the encoding prints progress lines."""
+    monkeypatch.setenv("DISTILL_PROGRESS_SECONDS", "0")
     out = tmp_path / "mined.jsonl"
     main(["mine", "--config", RECIPE, "--out", str(out), "--negatives", "2", "--depth", "4", "--batch-size", "3",
           f"--data.init_args.data_dir={beir_dir}", "--data.init_args.passage_max_length=32"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 5 and all(len(row["negative_ids"]) == 2 and "teacher_scores" not in row for row in rows)
+    err = capsys.readouterr().err
+    assert "distill: encoding passages: 3/" in err and "texts/s" in err and "distill: encoding queries: 5/5" in err
 
 
 def test_mine_with_teacher_scores_and_an_unreachable_teacher_is_one_line(tmp_path: Path, beir_dir: Path,

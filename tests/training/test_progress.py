@@ -43,3 +43,22 @@ def test_a_line_every_n_steps_and_one_per_validation(tiny_datamodule) -> None:
 
 def test_format_seconds() -> None:
     assert [format_seconds(s) for s in (0, 42, 75, 3725)] == ["0s", "42s", "1m15s", "1h02m"]
+
+
+def test_test_batches_get_lines_when_the_interval_passes(tiny_datamodule, monkeypatch) -> None:
+    """With DISTILL_PROGRESS_SECONDS=0 every test batch gets a line, then one before the metrics."""
+    monkeypatch.setenv("DISTILL_PROGRESS_SECONDS", "0")
+    handler, logger = _Lines(), logging.getLogger("distill.progress")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ProgressLog(when="always")])
+    try:
+        trainer.test(DistillationModule(make_student()), datamodule=tiny_datamodule)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    total = sum(trainer.num_test_batches)
+    batches = [line for line in handler.lines if line.startswith("test batches: ")]
+    assert len(batches) == total + 1 and batches[0].startswith(f"test batches: 1/{total} batches")
+    assert batches[-1].endswith("computing the metrics")

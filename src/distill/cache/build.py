@@ -274,14 +274,14 @@ def build_teacher_cache(student: nn.Module, teacher: nn.Module, datamodule: Any,
 def _compute(builder: _Builder, check: ShardCheck, target: Path, todo: list[Shard], mine: list[Shard],
              progress: bool | None) -> None:
     """Compute and record the ``todo`` shards of this process's share ``mine``, with a progress bar."""
-    from tqdm.auto import tqdm
+    from distill.progress import progress as progress_bar
 
     settings = builder.settings
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
     started, scored, calls = time.perf_counter(), 0, len(builder.scorer.calls)
     total = sum(shard.pairs for shard in mine)
-    with tqdm(total=total, initial=total - sum(s.pairs for s in todo), unit="pair", unit_scale=True,
-              desc="teacher pairs", dynamic_ncols=True, disable=None if progress is None else not progress) as bar:
+    with progress_bar(total, "teacher pairs", "pairs", enabled=progress,
+                      initial=total - sum(s.pairs for s in todo)) as bar:
         for shard in todo:
             tensors, pairs = builder.shard(shard)
             _write_shard(target / shard.file, tensors, shard.kind)

@@ -32,6 +32,7 @@ from distill.errors import InputError
 from distill.evaluation.ranking import pairs_mask, top_k
 from distill.inputs import to_device
 from distill.io import atomic_write_bytes
+from distill.progress import progress
 from distill.teachers.scoring import TeacherScorer
 
 __all__ = ["MineSettings", "mine_training_file"]
@@ -63,8 +64,12 @@ def _encode(student: nn.Module, collate: Any, rows: Sequence[int], side: str, ba
     """Student embeddings ``[len(rows), D]`` (CPU) of queries (``side="a"``) or passages (``"b"``)."""
     encode = student.encode_a if side == "a" else student.encode_b
     batch_of = collate.queries_batch if side == "a" else collate.corpus_batch
-    parts = [encode(to_device(batch_of(list(rows[start:start + batch_size]))[side], device)).float().cpu()
-             for start in range(0, len(rows), batch_size)]
+    parts = []
+    with progress(len(rows), "encoding passages" if side == "b" else "encoding queries", "texts") as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = list(rows[start:start + batch_size])
+            parts.append(encode(to_device(batch_of(chunk)[side], device)).float().cpu())
+            bar.update(len(chunk))
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 

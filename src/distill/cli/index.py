@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
                                replicas=args.replicas, query_cut=args.query_cut, heap_factor=args.heap_factor)
     with claim_output(args.out, "index", "--out", {"--student": args.student, "--data": args.data}):
         out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
-                          progress=not args.no_progress and sys.stderr.isatty(), weights=args.weights,
+                          progress=not args.no_progress, weights=args.weights,
                           top_k=args.top_k, source=args.data, settings=settings,
                           trust_remote_code=args.trust_remote_code)
     meta = read_json(out / INDEX_META)

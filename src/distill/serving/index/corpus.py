@@ -74,11 +74,12 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
 def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side: str, max_length: int,
                  chunk_size: int = 256, progress: bool = False) -> Iterator[Tensor]:
     """``student.encode_<side>`` of ``texts``, ``chunk_size`` at a time: yields each chunk's ``[n, D]`` float32
-    (on the CPU) as it is encoded, so a caller keeps only what it makes of them (a filled array, sparse rows)."""
-    from tqdm.auto import tqdm
+    (on the CPU) as it is encoded, so a caller keeps only what it makes of them (a filled array, sparse rows).
+    ``progress``: a bar on a terminal, a line every 30 s otherwise (:func:`distill.progress.progress`)."""
+    from distill.progress import progress as progress_bar
 
     encode = getattr(student, f"encode_{side}")
-    with tqdm(total=len(texts), unit="text", desc=f"encoding {side}", disable=not progress) as bar:
+    with progress_bar(len(texts), f"encoding {side}", "texts", enabled=progress) as bar:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start:start + chunk_size]
             with torch.no_grad():

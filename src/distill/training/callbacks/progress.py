@@ -1,4 +1,5 @@
-"""ProgressLog: one concise line per epoch (and every N steps) when the output is not a terminal.
+"""ProgressLog: one concise line per epoch (and every N steps) when the output is not a terminal, and a line at
+least every 30 s through a validation or test's batches (``distill.progress.LineProgress``).
 
 In a terminal Lightning's progress bar shows the loss and the step rate. In a log file or CI a bar is
 noise, so ``python -m distill`` turns it off there and this callback prints instead, e.g.::
@@ -20,19 +21,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from distill.progress import LineProgress, format_seconds
+
 __all__ = ["ProgressLog", "format_seconds"]
 
 logger = logging.getLogger("distill.progress")
-
-
-def format_seconds(seconds: float) -> str:
-    """``75 -> "1m15s"``, ``3725 -> "1h02m"``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _value(metrics: Mapping[str, Any], key: str) -> float | None:
@@ -63,6 +56,7 @@ class ProgressLog(Callback):
         self._start = 0.0
         self._start_step = 0
         self._pending: str | None = None  # a step line held back one batch (validation may repeat it)
+        self._eval: LineProgress | None = None
 
     @property
     def active(self) -> bool:
@@ -87,6 +81,38 @@ class ProgressLog(Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._pending = None  # the validation line says the same, with the metrics
+            self._eval_start(trainer.num_val_batches, "validation")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start(trainer.num_test_batches, "test")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._eval is not None and not trainer.sanity_checking:
+            self._eval.update(1)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._eval is not None:
+            self._eval.update(1)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end()
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end()
+
+    def _eval_start(self, batches: Any, stage: str) -> None:
+        """A line every 30 s over an evaluation's batches (the split's queries and corpus, every loader)."""
+        total = sum(batches) if isinstance(batches, (list, tuple)) else batches
+        self._eval = LineProgress(total if math.isfinite(total) else 0, f"{stage} batches", "batches") \
+            if self.active else None
+
+    def _eval_end(self) -> None:
+        """After the batches: say that the metrics (ranking the encoded split) follow, when the stage was long."""
+        if self._eval is not None and self._eval.lines:
+            logger.info("%s; computing the metrics", self._eval.line())
+        self._eval = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.active and not trainer.sanity_checking and trainer.state.fn == "fit":
