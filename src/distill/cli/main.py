@@ -62,6 +62,10 @@ def run_reporting_errors(run: Callable[[], None], debug: bool) -> None:
         run()
     except (KeyboardInterrupt, SystemExit):
         raise
+    except BrokenPipeError:
+        # The reader of the output went away (`distill search ... | head`): stop quietly, as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except BaseException as error:  # noqa: BLE001 - classified below, re-raised when it is a bug
         reported = None if debug else classify(error)
         if reported is None:
