@@ -7,6 +7,8 @@ Quiet by default:
 * Lightning's warning that the frozen teacher's modules are in eval mode is replaced by one line of ours
   (``DistillationModule.on_fit_start``): the teacher is meant to stay in eval mode;
 * a deprecation warning raised inside Lightning's own code about torch's pytree API is hidden;
+* transformers' load reports (the "LOAD REPORT ... UNEXPECTED" table of every model load) and its "Loading
+  weights" bars are hidden (its errors stay);
 * distill's own loggers (``distill.*``: progress lines, skipped data items, guards) print as
   ``distill: <message>`` on stderr.
 """
@@ -14,6 +16,7 @@ Quiet by default:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -41,6 +44,19 @@ def configure_output(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' per-load report tables ("LOAD REPORT ... UNEXPECTED", logged as warnings) and its
+    "Loading weights" bars: set before transformers is imported, and on it when it already is."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
 
 
 

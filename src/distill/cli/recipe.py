@@ -71,6 +71,29 @@ class DistillCLI(LightningCLI):
                 raise
             raise RecipeError(f"trainer: {one_line(error)}") from error
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        # validate / test: distill prints one results table (Lightning's has a repeated column per loader
+        # and cuts metric names at 80 columns).
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        self._results_table = subcommand in ("validate", "test") and bool(kwargs.get("verbose", True))
+        if "verbose" in kwargs:
+            kwargs["verbose"] = False
+        return kwargs
+
+    def after_validate(self) -> None:
+        self._print_results("val")
+
+    def after_test(self) -> None:
+        self._print_results("test")
+
+    def _print_results(self, stage: str) -> None:
+        from distill.cli.report import stage_results_table
+
+        if getattr(self, "_results_table", False) and self.trainer.is_global_zero:
+            table = stage_results_table(self.trainer.callback_metrics, stage)
+            if table:
+                print(table, flush=True)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path for its hyperparameters before anything is built: check it first.
         if self.config.get("subcommand"):

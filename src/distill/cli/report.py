@@ -1,8 +1,9 @@
-"""Recall tables for the terminal (rich) and for markdown files."""
+"""Recall tables for the terminal (rich) and for markdown files; the results table of ``validate`` / ``test``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 COLUMNS = ("a2b_R@1", "a2b_R@5", "a2b_R@10", "b2a_R@1", "b2a_R@5", "b2a_R@10", "rsum")
@@ -82,3 +83,30 @@ def mean_std_rows(runs: dict[str, list[dict[str, float]]]) -> list[tuple[str, di
             cells[key] = f"{mean:.1f} ± {sd:.1f}"
         rows.append((name, cells))
     return rows
+
+
+def stage_results_table(metrics: Mapping[str, Any], stage: str) -> str:
+    """The metrics a ``validate`` / ``test`` run logged under ``<stage>/``, one line each, full names, one value
+    column (every loader of the stage feeds one evaluation, so Lightning's one column per loader repeats itself)."""
+    values: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = re.sub(r"/dataloader_idx_\d+$", "", str(key))
+        if name.startswith(f"{stage}/") and name not in values:
+            try:
+                values[name] = float(value)
+            except (TypeError, ValueError):
+                continue
+    if not values:
+        return ""
+    width = max(len(name) for name in values)
+    header = f"{stage + ' metric':<{width}}  {'value':>12}"
+    lines = [header, "-" * len(header)]
+    lines += [f"{name:<{width}}  {_number(values[name]):>12}" for name in sorted(values)]
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Counts as integers (``12,000``), metrics with two decimals, small values with four digits."""
+    if value.is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.4g}" if abs(value) < 1 else f"{value:,.2f}"
