@@ -15,12 +15,20 @@ import sys
 from pathlib import Path
 
 from distill.cli.report import update_markdown_section
-from tests.cli.test_bad_inputs import CASES, TROUBLESHOOTING
+from tests.cli.test_bad_inputs import CASES, ENVIRONMENTS, TROUBLESHOOTING
 from tests.helpers import REPO_ROOT, TINY
 
-# The one case that is not a row of CASES: it needs a monkeypatched disk (its own test below the table's).
+# The cases that are not rows of CASES: they need a monkeypatched disk (their own tests below the table's).
 EXTRA_ROWS = [("disk-full-checkpoint", "fit ... --ckpt_path last (the disk fills while saving)", "1",
-               "distill: error: no space left on the device while writing '<tmp>/run/.../last.ckpt' ...")]
+               "distill: error: no space left on the device while writing '<tmp>/run/.../last.ckpt' ..."),
+              ("disk-full-export", "export --ckpt <assets>/runs/.../last.ckpt --out <tmp>/out (the disk fills)", "1",
+               "distill: error: no space left on the device while writing '<tmp>/out' ..."),
+              ("disk-full-index", "index --student <assets>/export --data <assets>/data.yaml --out <tmp>/out "
+               "(the disk fills)", "1",
+               "distill: error: no space left on the device while writing '<tmp>/out/dense.npz' ..."),
+              ("disk-full-cache-teacher", "cache-teacher --config configs/demo/shapes-cprd.yaml --out <tmp>/out "
+               "(the disk fills)", "1",
+               "distill: error: no space left on the device while writing '<tmp>/out/...' ...")]
 HIDDEN_ARGS = {*TINY, "--trainer.max_steps=1"}
 
 
@@ -45,9 +53,11 @@ def _shorten(text: str) -> str:
 
 def _command(case: object) -> str:
     args = case.args(_Placeholder(), Path("<tmp>"))  # type: ignore[attr-defined]
-    shown = [arg for arg in args if arg not in HIDDEN_ARGS and not arg.startswith("--trainer.default_root_dir=")
+    shown = [arg if arg.isascii() and arg.isprintable() else ascii(arg)  # zero-width and control characters
+             for arg in args if arg not in HIDDEN_ARGS and not arg.startswith("--trainer.default_root_dir=")
              and not arg.startswith("--model.init_args.teacher.init_args.weights=<assets>")]
-    return _shorten(" ".join(shown))
+    environment = [f"{name}={value}" for name, value in ENVIRONMENTS.get(case.id, {}).items()]
+    return _shorten(" ".join(environment + shown))
 
 
 def table(recorded: dict[str, tuple[str, str]]) -> str:

@@ -436,6 +436,64 @@ CASES = [
     Case("search-student-auto-map", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
          r"'.*export/tokenizer_config\.json' sets auto_map = \['evil_tokenizer\.Tokenizer'\], code that loading it "
          r"would run", kept=lambda a, t: [t / "export", t / "index"]),
+    # ---------------------------------------------------------------- settings Lightning or torch would reject
+    Case("fit-negative-warmup", fit("shapes-infonce.yaml", "--model.init_args.lr_scheduler.init_args.warmup_steps=-10"),
+         r"model\.init_args\.lr_scheduler: warmup_steps must be >= 0, got -10"),
+    Case("fit-negative-lr", fit("shapes-infonce.yaml", "--model.init_args.optimizer.init_args.lr=-1"),
+         r"model\.init_args\.optimizer: Invalid learning rate: -1"),
+    Case("fit-negative-max-steps", fit("shapes-infonce.yaml", "--trainer.max_steps=-5"),
+         r"trainer\.max_steps must be an integer >= 0 or -1, got -5"),
+    Case("fit-zero-max-epochs", fit("shapes-infonce.yaml", "--trainer.max_epochs=0", "--trainer.max_steps=-1"),
+         r"trainer\.max_epochs=0 trains nothing"),
+    Case("fit-zero-accumulate", fit("shapes-infonce.yaml", "--trainer.accumulate_grad_batches=0"),
+         r"trainer\.accumulate_grad_batches must be an integer >= 1, got 0"),
+    Case("fit-gpu-without-one", fit("shapes-infonce.yaml", "--trainer.accelerator=gpu", "--trainer.devices=64"),
+         r"trainer\.(accelerator=gpu but this machine has no CUDA GPU|devices=64 but this machine has \d+ CUDA)"),
+    Case("fit-env-world-size", fit("shapes-infonce.yaml"),
+         r"environment variable WORLD_SIZE='abc' must be an integer >= 1: unset it"),
+    Case("fit-env-local-rank", fit("shapes-infonce.yaml"),
+         r"environment variable LOCAL_RANK='x' must be an integer >= 0"),
+    Case("cache-env-rank", command("cache-teacher", "--config", str(DEMO / "shapes-cprd.yaml"), "--out", "{tmp}/cache"),
+         r"environment variable RANK=2 must be below WORLD_SIZE=2"),
+    Case("export-huge-image-size", command("export", "--ckpt", "{assets.ckpt}", "--out", "{tmp}/out",
+                                           "--image-size", "100000"),
+         r"--image-size: expected at most 4096 pixels, got 100000"),
+    Case("index-unknown-split", command("index", "--student", "{assets.export}", "--data", "{assets.data_yaml}",
+                                        "--out", "{tmp}/idx", "--split", "bogus"),
+         r"--split bogus: ShapesDataModule: unknown split 'bogus'"),
+    Case("search-rerank-missing", command("search", "--index", "{assets.index}", "--image", "{tmp}/red.png",
+                                          "--rerank-with", "{tmp}/nope"),
+         r"--rerank-with: teacher weights folder '.*nope' has no config\.json"),
+    Case("fit-listed-negatives-without-ids",
+         fit("shapes-kl.yaml", "--model.init_args.candidates=distill.training.candidates.ListedNegatives",
+             "--data.init_args.binding_negatives=true"),
+         r"model\.init_args\.candidates: ListedNegatives reads .*b_neg_id.*ShapesDataModule does not give"),
+    # ---------------------------------------------------------------- recipes parsed safely
+    Case("fit-recipe-alias-bomb", command("fit", "--config", "{tmp}/bomb.yaml"),
+         r"--config: recipe '.*bomb\.yaml' is refused: its aliases expand to more than 1,000,000 values"),
+    Case("fit-recipe-recursive-alias", command("fit", "--config", "{tmp}/recipe.yaml"),
+         r"'.*loop\.yaml' \(composed by '.*recipe\.yaml'\) is refused: an alias refers to a node that contains it"),
+    # ---------------------------------------------------------------- values checked where they enter
+    Case("fit-ckpt-runs-code", fit("shapes-infonce.yaml", "--ckpt_path={tmp}/code.ckpt"),
+         r"--ckpt_path '.*code\.ckpt' holds pickled code \((posix|nt|os)\.system\)"),
+    Case("fit-ckpt-nan-weights", fit("shapes-infonce.yaml", "--ckpt_path={tmp}/nan.ckpt"),
+         r"--ckpt_path '.*nan\.ckpt': tensor 'student\.logit_scale' holds NaN or infinite values"),
+    Case("search-nan-index", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
+         r"index file '.*dense\.npz': embeddings row 2 holds NaN or infinite values"),
+    Case("search-emptied-manifest", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
+         r"index manifest '.*index\.json' does not list \['dense\.json', 'dense\.npz', 'items\.json'\]"),
+    Case("search-zero-width-query", command("search", "--index", "{assets.index}", "--query", "\u200b\u200b"),
+         r"--query '\\u200b\\u200b' has no token the student knows"),
+    Case("search-emoji-query", command("search", "--index", "{assets.index}", "--query", "\U0001f600\U0001f600"),
+         r"--query '\\U0001f600\\U0001f600' has no token the student knows"),
+    Case("search-control-query", command("search", "--index", "{assets.index}", "--query", "\x01\x02"),
+         r"--query '\\x01\\x02' has no token the student knows"),
+    Case("beir-conflicting-qrels",
+         command("fit", "--config", str(MSMARCO), "--trainer.fast_dev_run=true", "--data.init_args.data_dir={tmp}/beir",
+                 "--data.init_args.teacher_tokenizer=null", "--model.init_args.teacher=null",
+                 "--model.init_args.losses={{\"infonce\": {{\"class_path\": \"distill.losses.InfoNCE\"}}}}",
+                 "--model.init_args.loss_weights={{}}"),
+         r"qrels/\w+\.tsv': line \d+ grades query '\w+', passage '\w+' 2, line \d+ graded it 1: keep one judgment"),
 ]
 
 
@@ -486,6 +544,72 @@ OUTPUT_CASES: dict[str, Callable[[Assets, Path], object]] = {  # every case of t
 }
 
 
+class _RunsCode:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __reduce__(self) -> tuple:
+        return os.system, ("echo unpickled",)
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def _nan_checkpoint(assets: Assets, tmp: Path) -> None:
+    checkpoint = torch.load(assets.ckpt, weights_only=True)
+    checkpoint["state_dict"]["student.logit_scale"] = torch.tensor(float("nan"))
+    torch.save(checkpoint, tmp / "nan.ckpt")
+
+
+def _nan_index(assets: Assets, tmp: Path) -> None:
+    """A copy of the index with a NaN row, its manifest's hashes updated: it passes the hash check."""
+    import numpy as np
+
+    from distill.io import folder_manifest
+
+    folder = assets.copy("index", tmp / "index")
+    with np.load(folder / "dense.npz") as arrays:
+        vectors = arrays["embeddings"].copy()
+    vectors[2, 0] = np.nan
+    np.savez(folder / "dense.npz", embeddings=vectors)
+    _edit_json(folder / "index.json", lambda meta: meta.update(files=folder_manifest(folder, exclude=("index.json",))))
+
+
+def _conflicting_qrels(assets: Assets, tmp: Path) -> None:
+    folder = assets.copy("beir", tmp / "beir")
+    for split in ("train", "dev", "test"):
+        path = folder / "qrels" / f"{split}.tsv"
+        first = path.read_text().splitlines()[1].split("\t")
+        path.write_text(path.read_text() + f"{first[0]}\t{first[1]}\t2\n")
+
+
+def _red_image(assets: Assets, tmp: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp / "red.png")
+
+
+VALUE_CASES: dict[str, Callable[[Assets, Path], object]] = {  # the files of the settings and values block
+    "search-rerank-missing": _red_image,
+    "fit-recipe-alias-bomb": lambda a, t: _write(t / "bomb.yaml", _alias_bomb().encode()),
+    "fit-recipe-recursive-alias": lambda a, t: (_write(t / "loop.yaml", b"a: &a [1, {b: *a}]\n"),
+                                                _write(t / "recipe.yaml", b"seed_everything: 0\ntrainer: loop.yaml\n")),
+    "fit-ckpt-runs-code": lambda a, t: torch.save({"state_dict": {}, "payload": _RunsCode()}, t / "code.ckpt"),
+    "fit-ckpt-nan-weights": _nan_checkpoint,
+    "search-nan-index": _nan_index,
+    "search-emptied-manifest": lambda a, t: (a.copy("index", t / "index"),
+                                             _edit_json(t / "index" / "index.json", lambda m: m.update(files={}))),
+    "beir-conflicting-qrels": _conflicting_qrels,
+}
+ENVIRONMENTS: dict[str, dict[str, str]] = {
+    "fit-env-world-size": {"WORLD_SIZE": "abc"},
+    "fit-env-local-rank": {"LOCAL_RANK": "x"},
+    "cache-env-rank": {"RANK": "2", "WORLD_SIZE": "2"},
+}
+
+
 def _digest(paths: list[Path]) -> dict[str, str]:
     out = {}
     for path in paths:
@@ -499,6 +623,8 @@ def _prepare(case: Case, assets: Assets, tmp: Path) -> None:
     if case.id in OUTPUT_CASES:
         _user_files(assets, tmp)
         OUTPUT_CASES[case.id](assets, tmp)
+    if case.id in VALUE_CASES:
+        VALUE_CASES[case.id](assets, tmp)
     for key, build in PREPARE.items():
         needed = {"truncated-ckpt": "cut.ckpt", "empty-ckpt": "empty.ckpt", "dict-ckpt": "dict.ckpt",
                   "pickled-ckpt": "evil.ckpt", "bad-yaml": "bad.yaml", "not-an-image": "query.png",
@@ -530,6 +656,8 @@ def _prepare(case: Case, assets: Assets, tmp: Path) -> None:
 def test_bad_input_is_one_line(case: Case, assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    for name, value in ENVIRONMENTS.get(case.id, {}).items():
+        monkeypatch.setenv(name, value)
     _prepare(case, assets, tmp_path)
     kept = case.kept(assets, tmp_path) if case.kept else []
     before = _digest(kept)
@@ -597,3 +725,49 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last_che
     assert lines[0].startswith(f"distill: error: no space left on the device while writing '{last}'")
     assert last.read_bytes() == before
     torch.load(last, weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command_name", ["export", "index", "cache-teacher"])
+def test_a_full_disk_is_one_line_for_every_writer(command_name: str, assets: Assets, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`disk-full-export`, `disk-full-index`, `disk-full-cache-teacher`: the disk fills while the output is written,
+    however the writer reports it (a bare ``OSError`` from ``fsync``, safetensors' own words); one line naming the
+    output, exit 1, and an output folder written before is left as it was."""
+    import errno
+
+    import safetensors.torch
+
+    import distill.io
+
+    def full_disk(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk_in_rust(*_: object, **__: object) -> None:
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    out = tmp_path / "out"
+    args = {
+        "export": ["export", "--ckpt", str(assets.ckpt), "--out", str(out), "--no-onnx"],
+        "index": ["index", "--student", str(assets.export), "--data", str(assets.data_yaml), "--out", str(out),
+                  "--no-progress", "--backend", "numpy"],
+        "cache-teacher": ["cache-teacher", "--config", str(DEMO / "shapes-cprd.yaml"), "--out", str(out), *TINY[:6],
+                          f"--model.init_args.teacher.init_args.weights={assets.teacher}"],
+    }[command_name]
+    if command_name != "cache-teacher":
+        assets.copy(command_name, out)  # the output of an earlier run, which must survive
+    before = _digest([out]) if out.exists() else None
+    if command_name == "export":  # the weights are the first large write; safetensors says "os error 28"
+        monkeypatch.setattr(safetensors.torch, "save_model", full_disk_in_rust)
+    else:
+        monkeypatch.setattr(distill.io.os, "fsync", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("distill: error:")]
+    assert exit_info.value.code == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"distill: error: no space left on the device while writing '{out}"), lines[0]
+    if before is not None:
+        assert _digest([out]) == before
+    assert not list(tmp_path.glob(".out.tmp-*"))  # no scratch folder left beside it

@@ -97,7 +97,8 @@ def check_cache(folder: Path, manifest: Mapping[str, Any], pair_a: Tensor, pair_
                             f"{found}; {_HINT}")
     known = {"a": torch.unique(pair_a), "b": torch.unique(pair_b)}
     for name, ids, side in (("a2b anchor_ids", anchors["a2b"], "a"), ("b2a anchor_ids", anchors["b2a"], "b"),
-                            ("a2b candidate_ids", candidates["a2b"], "b"), ("b2a candidate_ids", candidates["b2a"], "a")):
+                            ("a2b candidate_ids", candidates["a2b"], "b"),
+                            ("b2a candidate_ids", candidates["b2a"], "a")):
         stray = _outside(ids, known[side])
         if stray.numel():
             raise DataError(f"teacher cache '{folder}': {name} name {stray.numel():,} {side} id(s) that no training "

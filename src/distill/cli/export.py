@@ -90,7 +90,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--opset", type=opset, default=DEFAULT_OPSET,
                         help=f"ONNX opset of the tower graphs, {SUPPORTED_OPSETS[0]}-{SUPPORTED_OPSETS[-1]} "
                              f"(default {DEFAULT_OPSET})")
-    parser.add_argument("--image-size", type=image_size, help="image side of the ONNX image graph (default: the data's)")
+    parser.add_argument("--image-size", type=image_size,
+                        help=f"image side of the ONNX image graph, at most {MAX_IMAGE_SIZE} (default: the data's)")
     parser.add_argument("--top-k-a", type=positive_int, help="sparse students: keep the k largest a-side weights")
     parser.add_argument("--top-k-b", type=positive_int, help="sparse students: keep the k largest b-side weights")
     return parser
