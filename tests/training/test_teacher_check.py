@@ -103,3 +103,28 @@ def test_no_teacher_is_skipped(tmp_path: Path) -> None:
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="queries"):
         TeacherCheck(queries=0)
+
+
+@pytest.mark.filterwarnings("ignore:student/teacher scale mismatch:UserWarning")  # the random teacher, trained anyway
+def test_text_recipe_stops_when_a_random_cross_encoder_would_re_rank_minilm(
+        tmp_path: Path, tiny_models, beir_dir: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real all-MiniLM-L6-v2 ranks the gold passage of every dev query first; a randomly initialised
+    cross-encoder can only tie or lower that, so fit stops before the first step (exit 1), naming both numbers."""
+    from tests.helpers import error_line
+
+    monkeypatch.chdir(tmp_path)
+    recipe = str(REPO_ROOT / "configs" / "msmarco" / "cross-encoder-to-minilm-margin-mse.yaml")
+    args = ["fit", "--config", recipe, f"--model.init_args.teacher.init_args.pretrained={tiny_models.cross_encoder}",
+            f"--data.init_args.data_dir={beir_dir}", f"--data.init_args.teacher_tokenizer={tiny_models.cross_encoder}",
+            "--data.init_args.passage_max_length=32", "--data.init_args.num_workers=0", "--trainer.logger=false",
+            "--data.init_args.batch_size=5", "--trainer.max_steps=1"]
+    line = error_line(capsys, args, status=1)
+    assert line.startswith("distill: error: teacher check: on 3 validation queries the student alone scores "
+                           "ndcg@10 100.00, re-ranked by the teacher (its top 10) ")
+    assert "--teacher_check false" in line
+    assert not list(tmp_path.rglob("*.ckpt"))
+    from distill.cli import main
+
+    main([*args, "--teacher_check", "false"])  # the switch trains anyway
+    assert list(tmp_path.rglob("last*.ckpt"))
