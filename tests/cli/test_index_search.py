@@ -45,7 +45,7 @@ def test_index_then_search_by_image_with_rerank(tmp_path: Path, tiny_datamodule,
     search_main(["--index", str(tmp_path / "index"), "--query", item.captions[0], "-k", "3"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ["rank", "id", "a_id", "score", "text"] and len(lines) == 4
-    with pytest.raises(InputError, match="search with --image"):
+    with pytest.raises(InputError, match="scores image-text pairs: re-rank --image queries with it"):
         search_main(["--index", str(tmp_path / "index"), "--query", "a red circle", "--rerank-with",
                      str(tiny_teacher_dir)])
 
@@ -187,3 +187,44 @@ def test_search_breaks_score_ties_by_document_id_as_trec_eval(tmp_path: Path, to
     for k in (copies, copies - 1):
         hits = search(tmp_path / "index", query=text, k=k)
         assert [data.corpus.id_of(hit.item.id) for hit in hits] == trec_order[:k]
+
+
+def test_beir_search_prints_document_ids_one_line_per_hit_and_re_ranks_text(
+        tmp_path: Path, tokenizer_dir: Path, tiny_models, capsys: pytest.CaptureFixture[str]) -> None:
+    """An index of a BEIR corpus keeps each passage's _id: the table and --json show it (not row numbers and
+    a_id -1), a passage written on several lines prints on one, and a text cross-encoder re-ranks text queries."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from distill.data import BeirTextDataModule
+    from tests.helpers import BERT_TINY, write_beir
+
+    beir = write_beir(tmp_path / "beir")
+    rows = [json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()]
+    rows[5]["text"] = "a small cat\nand a big dog"
+    (beir / "corpus.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    init_args = {"data_dir": str(beir), "student_tokenizer": str(tokenizer_dir), "passage_max_length": 16}
+    spec = {"class_path": "distill.students.TextDualEncoder", "init_args": {
+        "config": {**BERT_TINY, "vocab_size": len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))}}}
+    export_student(build(spec), tmp_path / "student", student_spec=spec, datamodule=BeirTextDataModule(**init_args),
+                   onnx=False)
+    (tmp_path / "beir.yaml").write_text(yaml.safe_dump({"class_path": "distill.data.BeirTextDataModule",
+                                                        "init_args": init_args}))
+    index_main(["--student", str(tmp_path / "student"), "--data", str(tmp_path / "beir.yaml"), "--out",
+                str(tmp_path / "index"), "--backend", "numpy", "--no-progress"])
+    capsys.readouterr()
+    ids = {"p0", "p1", "p2", "p3", "p4", "p5"}
+
+    search_main(["--index", str(tmp_path / "index"), "--query", "a small cat", "-k", "6"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["rank", "doc_id", "score", "text"] and len(lines) == 7
+    assert {line.split()[1] for line in lines[1:]} == ids
+    assert any(line.endswith("a small cat and a big dog") for line in lines[1:])
+
+    search_main(["--index", str(tmp_path / "index"), "--query", "a small cat", "-k", "6", "--json",
+                 "--rerank-with", str(tiny_models.cross_encoder)])
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert {hit["doc_id"] for hit in hits} == ids and [hit["rank"] for hit in hits] == list(range(1, 7))
+    teacher = [hit["teacher_score"] for hit in hits]
+    assert teacher == sorted(teacher, reverse=True)

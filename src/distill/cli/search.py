@@ -2,7 +2,8 @@
 
 The index and the student are opened once for all the queries: repeat ``--query`` / ``--image``, pass
 ``--queries-file`` (one query per line; ``-`` reads stdin), or pipe queries on stdin. ``--json`` prints one
-JSON line per query (``{"query"|"image", "hits": [{"rank", "id", "a_id", "score", "text"}, ...]}``).
+JSON line per query (``{"query"|"image", "hits": [{"rank", "id", "a_id", "doc_id"?, "score", "text"}, ...]}``;
+``doc_id``: the corpus's document id, for indexes of a BEIR corpus).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--json", action="store_true", help="one JSON line per query instead of tables")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="queries encoded per forward pass")
     parser.add_argument("--student", help="export folder (default: the one the index was built with)")
-    parser.add_argument("--rerank-with", help="ShapesCrossEncoder folder (save_pretrained) re-ranking the top-k")
+    parser.add_argument("--rerank-with", help="cross-encoder folder re-ranking the top-k: a ShapesCrossEncoder for "
+                                              "--image, a text cross-encoder (save_pretrained) for text queries")
     parser.add_argument("--backend", choices=sorted(BACKENDS),
                         help="the backend the index was built with (default: read from the index)")
     parser.add_argument("--url", help="Qdrant indexes: reach the server at this address instead of the one built with")
@@ -72,8 +74,10 @@ def _queries(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def _json_line(query: str, key: str, hits: list[Hit]) -> str:
-    rows = [{"rank": hit.rank, "id": hit.item.id, "a_id": hit.item.a_id, "score": hit.score, "text": hit.item.text,
-             **({"teacher_score": hit.teacher_score} if hit.teacher_score is not None else {})} for hit in hits]
+    rows = [{"rank": hit.rank, "id": hit.item.id, "a_id": hit.item.a_id,
+             **({"doc_id": hit.item.doc_id} if hit.item.doc_id is not None else {}), "score": hit.score,
+             "text": hit.item.text, **({"teacher_score": hit.teacher_score} if hit.teacher_score is not None else {})}
+            for hit in hits]
     return json.dumps({key: query, "hits": rows}, ensure_ascii=False)
 
 
@@ -82,16 +86,15 @@ def main(argv: list[str]) -> None:
 
     args = build_parser().parse_args(argv)
     texts, images = _queries(args)
-    if args.rerank_with is not None and not images:
-        raise InputError("--rerank-with scores (image, text) pairs with the cross-encoder: search with --image")
     with open_searcher(args.index, args.student, args.backend, args.url, args.trust_remote_code) as searcher:
         for text in texts if searcher.tokenizer is not None else []:
             check_query_tokens(searcher.tokenizer, text, "query" if args.queries_file or not args.query else "--query")
         results = searcher.search(texts or None, images or None, args.k, args.batch_size)
     queries, key = (texts, "query") if texts else (images, "image")
     if args.rerank_with is not None:
-        results = [rerank(hits, args.rerank_with, image, str(searcher.student_dir), args.trust_remote_code)
-                   for hits, image in zip(results, images)]
+        results = [rerank(hits, args.rerank_with, None if texts else query, str(searcher.student_dir),
+                          args.trust_remote_code, query if texts else None)
+                   for hits, query in zip(results, queries)]
     for number, (query, hits) in enumerate(zip(queries, results)):
         if args.json:
             print(_json_line(query, key, hits))

@@ -343,6 +343,10 @@ class BeirTextDataModule(L.LightningDataModule):
         rows = self._eval_corpus[split]
         return [(int(row), -1, text) for row, text in zip(rows, self.corpus.texts(list(rows)))]
 
+    def doc_ids(self, rows: list[int]) -> list[str]:
+        """The ``_id`` of each corpus row (an index keeps them; search prints them)."""
+        return self.corpus.ids(rows)
+
     # ------------------------------------------------------------------ loaders
     @property
     def collator(self) -> TextCollator:

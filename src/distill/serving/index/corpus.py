@@ -20,22 +20,28 @@ __all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tie_order
 
 @dataclass(frozen=True)
 class CorpusItem:
-    """One indexed b item: its id, the id of the a item it belongs to, and its raw text."""
+    """One indexed b item: its id, the id of the a item it belongs to, its raw text, and the document id its data
+    names it by (a BEIR corpus's ``_id``; ``None`` for data without one)."""
 
     id: int
     a_id: int
     text: str
+    doc_id: str | None = None
 
 
 def split_items(datamodule: Any, split: str) -> list[CorpusItem]:
     """The b items of ``split`` in tie order (:func:`tie_order`).
 
-    Uses ``datamodule.b_texts(split) -> [(id, a_id, text), ...]`` when the data module defines it,
-    else the corpus of :class:`distill.data.ShapesDataModule`.
+    Uses ``datamodule.b_texts(split) -> [(id, a_id, text), ...]`` when the data module defines it (and
+    ``datamodule.doc_ids(ids) -> [document id]``, a BEIR corpus's ``_id``, when it names its documents), else the
+    corpus of :class:`distill.data.ShapesDataModule`.
     """
     hook = getattr(datamodule, "b_texts", None)
     if callable(hook):
-        items = [CorpusItem(int(i), int(a), str(t)) for i, a, t in hook(split)]
+        rows = list(hook(split))
+        names = getattr(datamodule, "doc_ids", None)
+        doc_ids = [str(name) for name in names([int(i) for i, _, _ in rows])] if callable(names) else [None] * len(rows)
+        items = [CorpusItem(int(i), int(a), str(t), d) for (i, a, t), d in zip(rows, doc_ids)]
     else:
         datamodule.setup("test")
         corpus = getattr(datamodule, "corpus", None)

@@ -1,16 +1,20 @@
 """Search an index folder with a text or image query, optionally re-ranked by the cross-encoder teacher.
 
 ``python -m distill search --index indexes/s --query "text"`` (or ``--image x.png``) prints the top-k;
-``--rerank-with <teacher folder>`` re-scores them with the teacher. Any backend
+``--rerank-with <teacher folder>`` re-scores them with the teacher: the shapes cross-encoder for an image query,
+a text cross-encoder (e.g. the MS MARCO recipe's teacher folder) for a text query. Any backend
 (:mod:`distill.serving.index.backends`) answers the same way. :func:`search` opens the index and the
 student for one query; :class:`~distill.serving.index.searcher.Searcher` keeps them open for many.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +22,7 @@ from distill.errors import InputError
 from distill.serving.index.corpus import CorpusItem, load_image, tokenize, tower_preprocessing
 from distill.serving.index.query_tokens import check_query_tokens
 
-__all__ = ["Hit", "format_hits", "rerank", "search"]
+__all__ = ["Hit", "format_hits", "rerank", "rerank_texts", "search"]
 
 
 @dataclass
@@ -52,19 +56,22 @@ def search(index_dir: str | os.PathLike[str], query: str | None = None, image: s
             check_query_tokens(searcher.tokenizer, query)
         hits = searcher.search(None if query is None else [query], None if image is None else [image], k)[0]
     if rerank_with is not None:
-        hits = rerank(hits, rerank_with, image, str(searcher.student_dir), trust_remote_code)
+        hits = rerank(hits, rerank_with, image, str(searcher.student_dir), trust_remote_code, query)
     return hits
 
 
 @torch.no_grad()
 def rerank(hits: list[Hit], teacher_dir: str, image: str | None, student_dir: str,
-           trust_remote_code: bool = False) -> list[Hit]:
-    """Re-score ``hits`` with a :class:`ShapesCrossEncoder` and sort them by its score."""
+           trust_remote_code: bool = False, query: str | None = None) -> list[Hit]:
+    """Re-score ``hits`` with a cross-encoder and sort them by its score: an image query's with a
+    :class:`ShapesCrossEncoder`, a text ``query``'s with a text cross-encoder (:func:`rerank_texts`)."""
     from distill.serving.loading import load_tokenizer, read_student_config
     from distill.teachers import ShapesCrossEncoder
 
     if image is None:
-        raise InputError("--rerank-with scores (image, text) pairs with the cross-encoder: search with --image")
+        if query is None:
+            raise InputError("--rerank-with needs the query: a text (--query) or an image (--image)")
+        return rerank_texts(hits, teacher_dir, query, trust_remote_code)
     if not hits:
         return hits
     try:
@@ -82,12 +89,68 @@ def rerank(hits: list[Hit], teacher_dir: str, image: str | None, student_dir: st
     return [Hit(rank + 1, hit.item, hit.score, float(score)) for rank, (score, hit) in enumerate(ranked)]
 
 
+@functools.lru_cache(maxsize=2)
+def text_cross_encoder(folder: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a text cross-encoder folder (``AutoModelForSequenceClassification``, safetensors),
+    loaded once per process for all the queries of a search."""
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.pretrained import load_pretrained, load_tokenizer
+
+    if not Path(folder).is_dir():
+        raise InputError(f"--rerank-with '{folder}' is not a folder: give a text cross-encoder saved with "
+                         "save_pretrained (model and tokenizer), e.g. the recipe's teacher")
+    if _is_shapes_teacher(Path(folder)):
+        raise InputError(f"--rerank-with '{folder}' is a ShapesCrossEncoder, which scores image-text pairs: re-rank "
+                         "--image queries with it, or give a text cross-encoder for text queries")
+    try:
+        model = load_pretrained(AutoModelForSequenceClassification, folder, "--rerank-with",
+                                trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(folder, "--rerank-with", trust_remote_code=trust_remote_code)
+    except (FileNotFoundError, ValueError) as error:
+        raise InputError(str(error)) from None
+    return model.eval(), tokenizer
+
+
+def _is_shapes_teacher(folder: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text()).get("class") == "ShapesCrossEncoder"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@torch.no_grad()
+def rerank_texts(hits: list[Hit], teacher_dir: str, query: str, trust_remote_code: bool = False,
+                 batch_size: int = 32, label_index: int = 0) -> list[Hit]:
+    """Re-score a text query's ``hits`` with a text cross-encoder (query and passage read as one sequence, as
+    the recipe's TextCrossEncoderTeacher reads them) and sort them by its score."""
+    if not hits:
+        return hits
+    model, tokenizer = text_cross_encoder(str(teacher_dir), trust_remote_code)
+    scores: list[float] = []
+    for start in range(0, len(hits), batch_size):
+        passages = [hit.item.text for hit in hits[start:start + batch_size]]
+        inputs = tokenizer([query] * len(passages), passages, padding=True, truncation="only_second",
+                           max_length=min(512, int(getattr(tokenizer, "model_max_length", 512) or 512)),
+                           return_tensors="pt")
+        scores += model(**inputs).logits[:, label_index].float().tolist()
+    ranked = sorted(zip(scores, hits), key=lambda pair: -pair[0])
+    return [Hit(rank + 1, hit.item, hit.score, float(score)) for rank, (score, hit) in enumerate(ranked)]
+
+
 def format_hits(hits: Sequence[Hit]) -> str:
-    """Plain-text table: rank, id, a_id, student score, [teacher score,] text."""
+    """Plain-text table, one line per hit: rank, id and a_id (or the document id, for a corpus that names its
+    documents), student score, [teacher score,] the text on one line."""
     with_teacher = any(hit.teacher_score is not None for hit in hits)
     teacher_column = f"  {'teacher':>9}" if with_teacher else ""
-    lines = [f"{'rank':>4}  {'id':>8}  {'a_id':>8}  {'score':>9}{teacher_column}  text"]
+    named = bool(hits) and all(hit.item.doc_id is not None for hit in hits)
+    width = max([6, *(len(str(hit.item.doc_id)) for hit in hits)]) if named else 0
+    ids = f"{'doc_id':>{width}}" if named else f"{'id':>8}  {'a_id':>8}"
+    lines = [f"{'rank':>4}  {ids}  {'score':>9}{teacher_column}  text"]
     for hit in hits:
         teacher = f"  {hit.teacher_score:9.4f}" if with_teacher and hit.teacher_score is not None else ""
-        lines.append(f"{hit.rank:>4}  {hit.item.id:>8}  {hit.item.a_id:>8}  {hit.score:9.4f}{teacher}  {hit.item.text}")
+        where = f"{hit.item.doc_id:>{width}}" if named else f"{hit.item.id:>8}  {hit.item.a_id:>8}"
+        lines.append(f"{hit.rank:>4}  {where}  {hit.score:9.4f}{teacher}  {' '.join(hit.item.text.split())}")
     return "\n".join(lines)
