@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from distill.errors import InputError
 from distill.finite import non_finite_tensor
-from distill.io import load_checkpoint_file, load_weights
+from distill.checkpoint_file import load_checkpoint_file
+from distill.io import load_weights
 
 
 def test_the_first_non_finite_tensor_is_named() -> None:

@@ -3,12 +3,13 @@ run that diverged."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["non_finite_tensor"]
+__all__ = ["non_finite_tensor", "refuse_non_finite"]
 
 
 def non_finite_tensor(tensors: Mapping[str, Any], prefix: str = "") -> str | None:
@@ -23,3 +24,13 @@ def non_finite_tensor(tensors: Mapping[str, Any], prefix: str = "") -> str | Non
                 and not bool(torch.isfinite(value).all()):
             return f"{prefix}{name}"
     return None
+
+
+def refuse_non_finite(tensors: Mapping[str, Any], option: str, source: str | os.PathLike[str], fix: str) -> None:
+    """One line naming ``option``, ``source`` and the tensor when ``tensors`` hold NaN or an infinity."""
+    from distill.errors import InputError
+
+    name = non_finite_tensor(tensors)
+    if name is not None:
+        raise InputError(f"{option} '{source}': tensor '{name}' holds NaN or infinite values (the weights of a run "
+                         f"that diverged, or an edited file): {fix}")

@@ -16,7 +16,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from distill.errors import InputError
-from distill.io import load_checkpoint_file, load_weights_into
+from distill.checkpoint_file import load_checkpoint_file
+from distill.io import load_weights_into
 
 __all__ = ["STUDENT_PREFIX", "load_student_weights", "read_student_checkpoint"]
 

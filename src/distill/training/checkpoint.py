@@ -25,7 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from distill.errors import RecipeError
-from distill.io import atomic_writer, load_checkpoint_file
+from distill.checkpoint_file import load_checkpoint_file
+from distill.io import atomic_writer
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "ResumableModelCheckpoint", "latest_checkpoint",
            "check_ckpt_path"]
