@@ -37,6 +37,10 @@ def test_launcher_environments_pass() -> None:
     ({"max_steps": 0, "max_epochs": 3}, r"trainer\.max_steps=0 trains nothing"),
     ({"accelerator": "gpu"}, r"trainer\.accelerator=gpu but this machine has no CUDA GPU"),
     ({"accelerator": "cuda", "devices": 3}, r"trainer\.accelerator=cuda but this machine has no CUDA GPU"),
+    ({"val_check_interval": 0}, r"trainer\.val_check_interval must be > 0"),
+    ({"val_check_interval": -0.5}, r"trainer\.val_check_interval must be > 0 .*got -0\.5"),
+    ({"gradient_clip_val": -1.0}, r"trainer\.gradient_clip_val must be a finite number >= 0 .*got -1\.0"),
+    ({"gradient_clip_val": float("nan")}, r"trainer\.gradient_clip_val must be a finite number >= 0"),
 ])
 def test_trainer_values_lightning_rejects_are_named(trainer: dict[str, object], pattern: str) -> None:
     with pytest.raises(RecipeError, match=pattern):

@@ -82,6 +82,14 @@ def check_trainer(trainer: Mapping[str, Any], subcommand: str | None,
         raise RecipeError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
     _integer(trainer, "check_val_every_n_epoch", 1)
     _integer(trainer, "log_every_n_steps", 0)
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise RecipeError(f"trainer.val_check_interval must be > 0 (a fraction of the epoch in (0, 1], or a number "
+                          f"of batches >= 1), got {interval!r}")
+    clip = trainer.get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool) and not (math.isfinite(clip) and clip >= 0):
+        raise RecipeError(f"trainer.gradient_clip_val must be a finite number >= 0 (or null: no clipping), got {clip!r}"
+                          " (a negative bound corrupts every gradient it clips)")
     if subcommand == "fit" and not trainer.get("fast_dev_run"):
         for key, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
             if value == 0:
