@@ -12,6 +12,7 @@ every file against the manifest. :mod:`distill.serving.index.query` searches it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from dataclasses import asdict, fields
@@ -37,13 +38,28 @@ FORMAT_VERSION = 3  # 2: numpy backend only (still readable)
 READABLE_VERSIONS = (2, 3)
 REBUILD = "rebuild it with `python -m distill index`"
 
-__all__ = ["INDEX_META", "ITEMS_NAME", "build_index", "open_index", "student_fingerprint"]
+__all__ = ["EXPORT_OPTIONS", "INDEX_META", "ITEMS_NAME", "build_index", "open_index", "student_fingerprint",
+           "student_fingerprints"]
+
+
+EXPORT_OPTIONS = ("onnx",)
+"""Keys of ``student_config.json`` that record how an export was written, not which student it holds."""
 
 
 def student_fingerprint(student_dir: str | os.PathLike[str]) -> str:
-    """SHA-256 over an export's config and weights files, in that order: which student encoded an index."""
-    digest = hashlib.sha256()
+    """SHA-256 over an export's architecture (its config without :data:`EXPORT_OPTIONS`, as canonical JSON) and
+    weights files: which student encoded an index. Exporting the same weights again, with or without ONNX,
+    gives the same fingerprint."""
+    return student_fingerprints(student_dir)[0]
+
+
+def student_fingerprints(student_dir: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(fingerprint, the fingerprint indexes recorded before EXPORT_OPTIONS were left out)``: the latter hashed
+    the config file's bytes, so an index built then still opens with the export that built it."""
     config = read_student_config(student_dir)
+    architecture = {key: value for key, value in config.items() if key not in EXPORT_OPTIONS}
+    current = hashlib.sha256(json.dumps(architecture, sort_keys=True, separators=(",", ":")).encode())
+    legacy = hashlib.sha256()
     for name in (CONFIG_NAME, *(entry["file"] for entry in weight_files(config))):
         path = Path(student_dir) / name
         if not path.is_file():
@@ -51,8 +67,10 @@ def student_fingerprint(student_dir: str | os.PathLike[str]) -> str:
                              "export`)")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+                legacy.update(block)
+                if name != CONFIG_NAME:
+                    current.update(block)
+    return current.hexdigest(), legacy.hexdigest()
 
 
 # ---------------------------------------------------------------------------- build

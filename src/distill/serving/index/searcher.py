@@ -26,7 +26,7 @@ import torch
 
 from distill.errors import InputError
 from distill.serving.index.corpus import encode_texts, load_image, tower_preprocessing
-from distill.serving.index.folder import open_index, student_fingerprint
+from distill.serving.index.folder import open_index, student_fingerprints
 from distill.serving.index.query import Hit
 from distill.serving.loading import load_student, load_tokenizer, read_student_config
 
@@ -45,7 +45,7 @@ class Searcher:
         self.meta, self.index, self.items = open_index(index_dir, url, backend)
         try:
             self.student_dir = Path(student_dir or self.meta["student"])
-            if student_fingerprint(self.student_dir) != self.meta.get("student_fingerprint"):
+            if self.meta.get("student_fingerprint") not in student_fingerprints(self.student_dir):
                 raise InputError(f"index '{index_dir}' was built with another student than '{self.student_dir}' "
                                  "(their fingerprints differ): search with the student that built it, or rebuild "
                                  "the index with this one")
