@@ -20,6 +20,7 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from distill.cli.fit_note import BatchCounter, nothing_trained_note
 from distill.cli.safe_yaml import check_recipe_files, install, load_yaml
 from distill.cli.settings import check_optimization, check_trainer
 from distill.errors import DistillError, RecipeError, one_line, root_cause
@@ -100,12 +101,47 @@ class DistillCLI(LightningCLI):
             check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
         super()._parse_ckpt_path()
 
+    def before_fit(self) -> None:
+        self._batch_counter = BatchCounter()
+        self.trainer.callbacks.append(self._batch_counter)  # type: ignore[attr-defined]
+
+    def after_fit(self) -> None:
+        note = nothing_trained_note(self.trainer, self._batch_counter, self.trainer.ckpt_path)
+        if note is not None:  # e.g. a resumed run that had already reached max_epochs: say so, not just exit 0
+            print(note, file=sys.stderr)
+
     def before_instantiate_classes(self) -> None:
         # Lightning's Trainer raises tracebacks on these (or, for max_epochs=0, trains nothing): check them first.
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         trainer = config.get("trainer") if config is not None else None
         if trainer is not None:
             check_trainer(_as_dict(trainer), self.subcommand)
+        if self.subcommand in ("validate", "test") and config is not None:
+            self._log_beside_checkpoint(config)
+
+    def _log_beside_checkpoint(self, config: Any) -> None:
+        """``test`` / ``validate`` of a run's checkpoint log into that run's folder (``export`` reads its test
+        metrics for the model card there; the checkpoint callback keeps its folder), and save their own
+        config as ``config-<command>.yaml`` beside the run's ``config.yaml``."""
+        from jsonargparse import Namespace
+
+        ckpt, trainer = config.get("ckpt_path"), config.get("trainer")
+        if not ckpt or str(ckpt) in ("last", "best", "hpc", "registry") or trainer is None:
+            return
+        try:
+            run = find_run_config(ckpt).parent
+        except RecipeError:
+            return
+        logger = trainer.get("logger")
+        class_path = str(logger.get("class_path", "")) if isinstance(logger, Namespace) else ""
+        if logger is False or (class_path and not class_path.endswith("TensorBoardLogger")) or \
+                isinstance(logger, list) or not (run / "checkpoints").is_dir() and not any(run.glob("events.out.*")):
+            return
+        init_args = logger.get("init_args") if class_path else None
+        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(
+            **(_as_dict(init_args) if init_args is not None else {}),
+            save_dir=str(run.parent.parent), name=run.parent.name, version=run.name))
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-{self.subcommand}.yaml"}
 
     def instantiate_classes(self) -> None:
         try:
