@@ -17,6 +17,10 @@ from distill.training.schedules import WarmupCosineLR
     ({"RANK": "-1"}, r"RANK='-1' must be an integer >= 0"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, r"RANK=2 must be below WORLD_SIZE=2"),
     ({"SLURM_ARRAY_TASK_COUNT": "many"}, r"SLURM_ARRAY_TASK_COUNT='many'"),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "2"}, r"SLURM_ARRAY_TASK_ID=5 lies outside the array"),
+    ({"DISTILL_PROGRESS_SECONDS": "soon"}, r"DISTILL_PROGRESS_SECONDS='soon' must be a number of seconds >= 0"),
+    ({"DISTILL_CACHE_SHARD_PAUSE": "-1"}, r"DISTILL_CACHE_SHARD_PAUSE='-1' must be a number of seconds >= 0"),
+    ({"DISTILL_PROGRESS_SECONDS": "nan"}, r"DISTILL_PROGRESS_SECONDS='nan'"),
 ])
 def test_a_bad_environment_variable_is_named(environ: dict[str, str], pattern: str) -> None:
     with pytest.raises(InputError, match=pattern):
@@ -25,7 +29,8 @@ def test_a_bad_environment_variable_is_named(environ: dict[str, str], pattern: s
 
 def test_launcher_environments_pass() -> None:
     check_environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "1",
-                       "SLURM_ARRAY_TASK_ID": "", "PATH": "/bin"})
+                       "SLURM_ARRAY_TASK_ID": "", "PATH": "/bin", "DISTILL_PROGRESS_SECONDS": "0.5"})
+    check_environment({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "4"})
     check_environment({})
 
 

@@ -29,6 +29,8 @@ ENVIRONMENT: dict[str, int] = {
     "SLURM_ARRAY_TASK_ID": 0, "SLURM_ARRAY_TASK_MIN": 0, "SLURM_ARRAY_TASK_COUNT": 1,
 }
 _BELOW = {"RANK": "WORLD_SIZE", "LOCAL_RANK": "LOCAL_WORLD_SIZE"}
+# distill's own settings in seconds (distill.progress, distill.cache.build): finite numbers >= 0 when set.
+SECONDS = ("DISTILL_PROGRESS_SECONDS", "DISTILL_CACHE_SHARD_PAUSE")
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
@@ -50,6 +52,19 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
         if rank in values and size in values and values[rank] >= values[size]:
             raise InputError(f"environment variable {rank}={values[rank]} must be below {size}={values[size]}: "
                              "unset both, or set them as the launcher does (torchrun, srun)")
+    task, first, count = (values.get(f"SLURM_ARRAY_TASK_{key}") for key in ("ID", "MIN", "COUNT"))
+    if task is not None and count is not None and not (first or 0) <= task < (first or 0) + count:
+        raise InputError(f"environment variable SLURM_ARRAY_TASK_ID={task} lies outside the array (SLURM_ARRAY_TASK_MIN"
+                         f"={first or 0}, SLURM_ARRAY_TASK_COUNT={count}): set them as sbatch --array does")
+    for name in SECONDS:
+        text = environ.get(name)
+        try:
+            seconds = float(text) if text not in (None, "") else 0.0
+        except ValueError:
+            seconds = -1.0
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise InputError(f"environment variable {name}={text!r} must be a number of seconds >= 0: unset it or fix "
+                             "it")
 
 
 def _integer(trainer: Mapping[str, Any], key: str, least: int, *, allow: tuple[int, ...] = (),
