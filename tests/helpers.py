@@ -354,6 +354,24 @@ class ScoreOnlyTeacher(Teacher):
         return self.bias.expand(next(iter(a.values())).shape[0])
 
 
+class LexicalTeacher(Teacher):
+    """A text teacher that scores a (query, passage) pair by the query tokens the passage contains: on
+    :func:`write_beir`'s data it ranks each query's gold passage first, as a strong re-ranker would.
+
+    Reads the ``text_ids`` / ``text_mask`` a BEIR data module with a ``teacher_tokenizer`` gives; the arguments
+    of the text cross-encoder preset are accepted and ignored, so that it can replace one.
+    """
+
+    def __init__(self, pretrained: str | None = None, max_length: int = 512, label_index: int = 0) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def score(self, a: Inputs, b: Inputs) -> Tensor:
+        query, passage = a["text_ids"], b["text_ids"]
+        shared = (query.unsqueeze(2) == passage.unsqueeze(1)) & b["text_mask"].bool().unsqueeze(1)
+        return (shared.any(2) & a["text_mask"].bool()).sum(1).float() + self.bias
+
+
 class ScaledTeacher(ShapesCrossEncoder):
     """The tiny shapes teacher with its scores multiplied by ``scale``."""
 

@@ -138,9 +138,10 @@ class DistillCLI(LightningCLI):
                 isinstance(logger, list) or not (run / "checkpoints").is_dir() and not any(run.glob("events.out.*")):
             return
         init_args = logger.get("init_args") if class_path else None
-        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(
-            **(_as_dict(init_args) if init_args is not None else {}),
-            save_dir=str(run.parent.parent), name=run.parent.name, version=run.name))
+        settings = {**(_as_dict(init_args) if init_args is not None else {}),
+                    "save_dir": str(run.parent.parent), "name": run.parent.name, "version": run.name}
+        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                                   init_args=Namespace(**settings))
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-{self.subcommand}.yaml"}
 
     def instantiate_classes(self) -> None:
