@@ -82,3 +82,12 @@ def test_a_manifest_that_disagrees_with_its_arrays_is_refused(tmp_path: Path, ma
                                                               pattern: str) -> None:
     with pytest.raises(DataError, match=pattern):
         load_cache(write_cache(tmp_path / "cache", _shards(), **manifest))
+
+
+def test_a_shard_named_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = write_cache(tmp_path / "cache", _shards())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = "../outside.safetensors"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"shard '\.\./outside\.safetensors' is not a file name inside the cache"):
+        load_cache(folder)

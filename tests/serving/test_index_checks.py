@@ -76,6 +76,7 @@ ALL = {name: {"bytes": 1, "sha256": "0"} for name in ("items.json", "dense.npz",
     (ALL, {"count": 0}, r"count must be an integer >= 1, got 0"),
     (ALL, {"kind": "colbert"}, r"kind is 'colbert'"),
     ([], {}, r"files must map each file"),
+    ({**ALL, "../../etc/passwd": {"bytes": 1, "sha256": "0"}}, {}, r"files lists '\.\./\.\./etc/passwd', outside"),
 ])
 def test_an_edited_manifest_is_refused(tmp_path: Path, files: object, meta: dict[str, object], pattern: str) -> None:
     folder, manifest = _folder(tmp_path, files, **meta)  # type: ignore[arg-type]

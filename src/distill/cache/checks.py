@@ -35,6 +35,10 @@ def check_manifest_shards(manifest: Mapping[str, Any], folder: Path) -> int:
     if not isinstance(shards, list) or not all(isinstance(e, dict) and {"file", "kind", "sha256"} <= set(e)
                                                for e in shards):
         raise DataError(f"{where}: shards must be a list of {{file, kind, sha256}}; {_HINT}")
+    strays = [entry["file"] for entry in shards if not isinstance(entry["file"], str)
+              or Path(entry["file"]).name != entry["file"] or entry["file"] in ("", ".", "..")]
+    if strays:
+        raise DataError(f"{where}: shard {strays[0]!r} is not a file name inside the cache folder; {_HINT}")
     kinds = {entry["kind"] for entry in shards}
     if kinds - set(_KEYS) or set(_KEYS) - kinds:
         raise DataError(f"{where}: shards list the kinds {sorted(kinds)}, expected {sorted(_KEYS)} (an empty or "

@@ -37,6 +37,9 @@ def check_manifest(folder: str | os.PathLike[str], meta: dict[str, Any], items_n
     files = meta.get("files")
     if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
         raise InputError(f"{where}: files must map each file to its bytes and sha256: {_REBUILD}")
+    outside = [name for name in files if Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        raise InputError(f"{where}: files lists {outside[0]!r}, outside the index folder: {_REBUILD}")
     present = {path.name for path in root.iterdir()
                if path.is_file() and not path.name.startswith(".") and path.name != meta_name}
     unlisted = sorted(present - set(files))

@@ -232,7 +232,11 @@ def open_index(folder: str | os.PathLike[str], url: str | None = None, backend: 
         if isinstance(error, InputError):
             raise
         raise InputError(f"index '{folder}': {error}: {REBUILD}") from None
-    items = [CorpusItem(**row) for row in read_json(Path(folder) / ITEMS_NAME)]
+    try:
+        items = [CorpusItem(**row) for row in read_json(Path(folder) / ITEMS_NAME)]
+    except TypeError:
+        raise InputError(f"index file '{Path(folder) / ITEMS_NAME}' is not a list of {{id, a_id, text}} items: "
+                         f"{REBUILD}") from None
     if len(items) != len(index) or len(items) != int(meta.get("count", -1)):
         raise InputError(f"index '{folder}' holds {len(index)} vectors and {len(items)} items, its manifest "
                          f"{meta.get('count')}: {REBUILD}")
