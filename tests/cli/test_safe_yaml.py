@@ -62,3 +62,12 @@ def test_the_parser_loader_is_bounded_too() -> None:
     assert load("{a: 1}") == {"a": 1}
     with pytest.raises(YamlBoundError):
         load(alias_bomb())
+
+
+def test_nesting_deeper_than_the_parser_follows_is_refused(tmp_path: Path) -> None:
+    deep = "a: " + "[" * 50_000 + "]" * 50_000 + "\n"
+    with pytest.raises(YamlBoundError, match=r"nested deeper than the parser can follow"):
+        check_yaml(deep)
+    (tmp_path / "deep.yaml").write_text(deep)
+    with pytest.raises(RecipeError, match=r"--config: recipe '.*deep\.yaml' is refused: its collections are nested"):
+        check_recipe_files([tmp_path / "deep.yaml"])

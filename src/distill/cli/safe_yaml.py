@@ -52,14 +52,14 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
         if key in on_path:
             line = node.start_mark.line + 1 if node.start_mark is not None else 0
             raise YamlBoundError(f"an alias refers to a node that contains it (line {line}): the document is "
-                                 "infinitely deep")
+                                 "infinitely deep; write the values out, or use fewer aliases")
         on_path.add(key)
         stack.append((node, True))
         for child in _children(node):
             if id(child) in on_path:
                 line = child.start_mark.line + 1 if child.start_mark is not None else 0
                 raise YamlBoundError(f"an alias refers to a node that contains it (line {line}): the document is "
-                                     "infinitely deep")
+                                     "infinitely deep; write the values out, or use fewer aliases")
             if id(child) not in sizes:
                 stack.append((child, False))
     return sizes[id(root)]
@@ -80,7 +80,11 @@ def check_yaml(text: str, limit: int = MAX_NODES) -> None:
         while loader.check_node():
             node = loader.get_node()
             if node is not None and _expanded_size(node, limit) > limit:
-                raise YamlBoundError(f"its aliases expand to more than {limit:,} values")
+                raise YamlBoundError(f"its aliases expand to more than {limit:,} values; write the values out, or use "
+                                     "fewer aliases")
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise YamlBoundError("its collections are nested deeper than the parser can follow; flatten them") \
+            from None
     finally:
         loader.dispose()
 
@@ -98,7 +102,7 @@ def load_yaml(source: str | os.PathLike[str], label: str | None = None) -> Any:
         check_yaml(text)
         return yaml.safe_load(text)
     except YamlBoundError as error:
-        raise RecipeError(f"{label} is refused: {error}; write the values out, or use fewer aliases") from None
+        raise RecipeError(f"{label} is refused: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -140,7 +144,10 @@ def _bounded(original: Any) -> Any:
     def load(stream: str) -> Any:
         if isinstance(stream, str) and ("&" in stream or "*" in stream):
             check_yaml(stream)
-        return original(stream)
+        try:
+            return original(stream)
+        except RecursionError:
+            raise YamlBoundError("a value is nested deeper than the parser can follow; flatten it") from None
 
     return load
 
