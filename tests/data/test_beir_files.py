@@ -42,3 +42,10 @@ def test_distinct_judgments_pass_silently(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING, logger="distill.data"):
         assert read_qrels(path) == {"q1": {"d1": 1.0, "d2": 0.0}, "q2": {"d1": 2.0}}
     assert not caplog.records
+
+
+@pytest.mark.parametrize("grade", ["nan", "inf", "-Infinity"])
+def test_a_non_finite_grade_is_refused(tmp_path: Path, grade: str) -> None:
+    path = _qrels(tmp_path, "q1\td1\t1", f"q1\td2\t{grade}")
+    with pytest.raises(DataError, match=rf"test\.tsv': line 3 has the score '{grade}': a judgment's grade is a finite"):
+        read_qrels(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, float]]:
                 score = float(row[2])
             except ValueError as error:
                 raise DataError(f"{path.name}: line {number} has a non-numeric score {row[2]!r}") from error
+            if not math.isfinite(score):
+                raise DataError(f"'{path}': line {number} has the score {row[2]!r}: a judgment's grade is a finite "
+                                "number")
             judged = qrels.setdefault(row[0], {})
             if row[1] in judged:
                 earlier = first_line[(row[0], row[1])]
