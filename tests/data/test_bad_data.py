@@ -158,6 +158,21 @@ def test_duplicate_passage_id(beir_data: Path, tokenizer_dir: Path) -> None:
         beir(beir_data, tokenizer_dir)
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", '"high"'])
+def test_a_teacher_score_that_is_not_a_finite_number(beir_data: Path, tokenizer_dir: Path, value: str) -> None:
+    """A NaN score in a training file used to be dropped with its negative without a word."""
+    triples = beir_data / "train_triples.jsonl"
+    lines = triples.read_text().splitlines()
+    record = json.loads(lines[0])
+    key = str(record["negative_ids"][0])
+    lines[0] = json.dumps({**record, "teacher_scores": {"__key__": 0.0}}).replace('{"__key__": 0.0}',
+                                                                               f'{{"{key}": {value}}}')
+    triples.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"train_triples\.jsonl: line 1: teacher_scores\['{key}'\] is .*: every "
+                                        r"teacher score is a finite number"):
+        beir(beir_data, tokenizer_dir)
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 def test_item_without_a_positive_in_evaluation(beir_data: Path, tokenizer_dir: Path) -> None:
     scores = torch.randn(3, 4)

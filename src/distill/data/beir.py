@@ -246,6 +246,8 @@ class BeirTextDataModule(L.LightningDataModule):
                                   f"num_negatives={self.num_negatives}")
             return []
         scores_map = record.get("teacher_scores")
+        if scores_map is not None:
+            _check_teacher_scores(where, scores_map)
         items = []
         for key, positive in zip(positive_keys, positives):
             scores = None
@@ -381,3 +383,13 @@ class BeirTextDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """``[queries, corpus]`` of the test split."""
         return self._eval_loaders("test")
+
+
+def _check_teacher_scores(where: str, scores: Any) -> None:
+    """A row's ``teacher_scores`` is an object of finite numbers (a NaN or a string would be dropped or used)."""
+    if not isinstance(scores, dict):
+        raise DataError(f"{where}: teacher_scores must be an object {{corpus_id: score}}, got {type(scores).__name__}")
+    for key, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"{where}: teacher_scores[{key!r}] is {value!r}: every teacher score is a finite number "
+                            "(leave a passage out rather than give it no score)")
