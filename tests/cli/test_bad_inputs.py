@@ -473,6 +473,8 @@ CASES = [
          r"--config: recipe '.*bomb\.yaml' is refused: its aliases expand to more than 1,000,000 values"),
     Case("fit-recipe-recursive-alias", command("fit", "--config", "{tmp}/recipe.yaml"),
          r"'.*loop\.yaml' \(composed by '.*recipe\.yaml'\) is refused: an alias refers to a node that contains it"),
+    Case("fit-recipe-deep-nesting", command("fit", "--config", "{tmp}/deep.yaml"),
+         r"--config: recipe '.*deep\.yaml' is refused: its collections are nested deeper than the parser can follow"),
     # ---------------------------------------------------------------- values checked where they enter
     Case("fit-ckpt-runs-code", fit("shapes-infonce.yaml", "--ckpt_path={tmp}/code.ckpt"),
          r"--ckpt_path '.*code\.ckpt' holds pickled code \((posix|nt|os)\.system\)"),
@@ -596,6 +598,7 @@ VALUE_CASES: dict[str, Callable[[Assets, Path], object]] = {  # the files of the
     "fit-recipe-alias-bomb": lambda a, t: _write(t / "bomb.yaml", _alias_bomb().encode()),
     "fit-recipe-recursive-alias": lambda a, t: (_write(t / "loop.yaml", b"a: &a [1, {b: *a}]\n"),
                                                 _write(t / "recipe.yaml", b"seed_everything: 0\ntrainer: loop.yaml\n")),
+    "fit-recipe-deep-nesting": lambda a, t: _write(t / "deep.yaml", ("a: " + "[" * 50_000 + "]" * 50_000).encode()),
     "fit-ckpt-runs-code": lambda a, t: torch.save({"state_dict": {}, "payload": _RunsCode()}, t / "code.ckpt"),
     "fit-ckpt-nan-weights": _nan_checkpoint,
     "search-nan-index": _nan_index,
