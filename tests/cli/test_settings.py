@@ -77,3 +77,12 @@ def test_optimizer_and_schedule_values_are_checked_before_training() -> None:
         check_optimization(_Model(lr=1e-3, warmup_steps=-10))
     check_optimization(_Model(lr=1e-3, warmup_steps=10))
     check_optimization(object())  # a module without factories is left alone
+
+
+def test_a_gpu_run_config_is_read_on_a_machine_without_one() -> None:
+    """export and model cards parse a run's saved config.yaml (trained on a GPU); no Trainer is built there."""
+    from distill.cli.recipe import read_recipe
+    from tests.helpers import DEMO
+
+    spec = read_recipe(DEMO / "shapes-infonce.yaml", ["--trainer.accelerator=gpu", "--trainer.devices=8"])
+    assert spec.student

@@ -112,7 +112,8 @@ class DistillCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # Lightning's Trainer raises tracebacks on these (or, for max_epochs=0, trains nothing): check them first.
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        # Only where a Trainer is built: export reads a GPU run's config.yaml on a machine without one.
+        config = self.config.get(self.subcommand) if self.subcommand else None
         trainer = config.get("trainer") if config is not None else None
         if trainer is not None:
             check_trainer(_as_dict(trainer), self.subcommand)
