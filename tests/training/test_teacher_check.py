@@ -128,3 +128,17 @@ def test_text_recipe_stops_when_a_random_cross_encoder_would_re_rank_minilm(
 
     main([*args, "--teacher_check", "false"])  # the switch trains anyway
     assert list(tmp_path.rglob("last*.ckpt"))
+
+
+def test_modules_without_a_student_or_a_teacher_are_skipped(tiny_teacher) -> None:
+    """The demo teacher's own pre-training (a scorer and an evaluator, no student) composes the same callbacks."""
+    from types import SimpleNamespace
+
+    from distill.teachers import TeacherScorer
+
+    trainer = SimpleNamespace(fast_dev_run=False, ckpt_path=None, limit_val_batches=1.0)
+    pretraining = SimpleNamespace(scorer=TeacherScorer(tiny_teacher), evaluator=RecallEvaluator())
+    assert TeacherCheck().skip_reason(trainer, pretraining) == "no teacher"
+    assert TeacherCheck().skip_reason(trainer, DistillationModule(make_student(), None)) == "no teacher"
+    assert TeacherCheck().skip_reason(trainer, DistillationModule(make_student(), tiny_teacher)) is None
+    assert TeacherCheck(enabled=False).skip_reason(trainer, DistillationModule(make_student(), tiny_teacher))

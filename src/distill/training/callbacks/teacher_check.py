@@ -86,8 +86,8 @@ class TeacherCheck(Callback):
         """Why the check does not run here, or ``None``."""
         if not self.enabled or os.environ.get(ENV_SWITCH, "1") in ("0", "false", "False"):
             return "turned off"
-        if getattr(pl_module, "scorer", None) is None or getattr(pl_module, "evaluator", None) is None:
-            return "no teacher"
+        if any(getattr(pl_module, name, None) is None for name in ("scorer", "evaluator", "student")):
+            return "no teacher"  # nor a student: the demo teacher's own pre-training
         if trainer.fast_dev_run:
             return "fast_dev_run"
         if trainer.ckpt_path is not None:
