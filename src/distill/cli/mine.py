@@ -72,8 +72,7 @@ def mined_file(path: Path) -> bool:
 def _mine(args: argparse.Namespace, overrides: list[str]) -> None:
     from distill.cli.recipe import read_recipe
 
-    # The file being mined may not exist yet: the data module reads the training queries from the qrels.
-    recipe = read_recipe(args.config, [*overrides, "--data.init_args.train_file=null"])
+    recipe = read_recipe(args.config, overrides)
     data = (recipe.data or {}).get("class_path", "")
     if not str(data).endswith("BeirTextDataModule"):
         raise InputError(f"mining needs a BEIR text data module, not {str(data).rsplit('.', 1)[-1] or 'none'} "
@@ -121,13 +120,14 @@ def _student_only(recipe: Any) -> Any:
 
 
 def _data_without_teacher(data: dict[str, Any]) -> Any:
-    """The recipe's data module without the teacher's tokenizer (nothing here feeds the teacher)."""
+    """The recipe's data module without the teacher's tokenizer (nothing here feeds the teacher) and without the
+    training file (the file being mined may not exist yet: the training queries come from the qrels)."""
     import lightning as L
 
     from distill.errors import RecipeError, one_line, root_cause
     from distill.instantiate import instantiate
 
-    spec = {**data, "init_args": {**data.get("init_args", {}), "teacher_tokenizer": None}}
+    spec = {**data, "init_args": {**data.get("init_args", {}), "teacher_tokenizer": None, "train_file": None}}
     try:
         return instantiate(spec, L.LightningDataModule)
     except (ValueError, OSError) as error:
