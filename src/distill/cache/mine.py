@@ -138,7 +138,14 @@ def _teacher_scores(teacher: nn.Module, datamodule: BeirTextDataModule, judged: 
     store = datamodule.item_store("train")
     pairs = [(q, p) for q in judged for p in judged[q] + negatives[q]]
     scorer = TeacherScorer(teacher, max_pairs)
-    values = scorer.score_loaded(lambda ids: to_device(store.load_a(ids), device),
-                                 lambda ids: to_device(store.load_b(ids), device),
-                                 torch.tensor([q for q, _ in pairs]), torch.tensor([p for _, p in pairs]))
-    return {pair: round(float(value), 6) for pair, value in zip(pairs, values.tolist())}
+    values: list[float] = []
+    block = max(1, max_pairs) * 8  # pairs per progress step: a few teacher forwards
+    with progress(len(pairs), "teacher pairs", "pairs") as bar:
+        for start in range(0, len(pairs), block):
+            chunk = pairs[start:start + block]
+            values += scorer.score_loaded(lambda ids: to_device(store.load_a(ids), device),
+                                          lambda ids: to_device(store.load_b(ids), device),
+                                          torch.tensor([q for q, _ in chunk]),
+                                          torch.tensor([p for _, p in chunk])).tolist()
+            bar.update(len(chunk))
+    return {pair: round(float(value), 6) for pair, value in zip(pairs, values)}
