@@ -142,3 +142,26 @@ def test_modules_without_a_student_or_a_teacher_are_skipped(tiny_teacher) -> Non
     assert TeacherCheck().skip_reason(trainer, DistillationModule(make_student(), None)) == "no teacher"
     assert TeacherCheck().skip_reason(trainer, DistillationModule(make_student(), tiny_teacher)) is None
     assert TeacherCheck(enabled=False).skip_reason(trainer, DistillationModule(make_student(), tiny_teacher))
+
+
+def test_the_check_leaves_the_random_state_as_it_found_it(tmp_path: Path) -> None:
+    """Iterating the validation loaders draws seeds from the global generator; training must not see that."""
+    import random
+
+    import numpy as np
+
+    states = []
+
+    class Record(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            states.append((torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()))
+
+    for check in (TeacherCheck(queries=8), TeacherCheck(enabled=False)):
+        torch.manual_seed(0), np.random.seed(0), random.seed(0)
+        module = DistillationModule(make_student(), ShapesCrossEncoder.from_pretrained(GRID_TEACHER),
+                                    evaluator=RecallEvaluator(two_stage_k=4))
+        L.Trainer(max_steps=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, callbacks=[check, Record()],
+                  default_root_dir=tmp_path).fit(module, datamodule=ShapesDataModule(**GRID_DATA))
+    (torch_on, numpy_on, python_on), (torch_off, numpy_off, python_off) = states
+    assert torch.equal(torch_on, torch_off) and (numpy_on == numpy_off).all() and python_on == python_off

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 
 from distill.errors import TrainingError
@@ -102,7 +103,8 @@ class TeacherCheck(Callback):
         loaders = _val_loaders(trainer)
         if not loaders:
             return
-        result = run_teacher_check(pl_module, trainer.datamodule, loaders, self.queries, self.passages, self.k)
+        with isolate_rng():  # the loaders' iterators draw seeds: training starts from the state it had without the check
+            result = run_teacher_check(pl_module, trainer.datamodule, loaders, self.queries, self.passages, self.k)
         if result is None:
             return
         self.result = result
