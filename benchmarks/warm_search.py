@@ -36,11 +36,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from retrieval import dense_vectors, sparse_vectors, zipf_cdf  # noqa: E402
+from retrieval import dense_vectors, interleaved_ms as median_ms, sparse_vectors, zipf_cdf  # noqa: E402
 
 from distill.cli.report import update_markdown_section  # noqa: E402
 from distill.data.image_preprocessing import ImagePreprocessing  # noqa: E402
@@ -103,19 +102,6 @@ def questions(count: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [TEMPLATES[rng.integers(len(TEMPLATES))].format(*rng.choice(WORDS, 2, replace=False))
             for _ in range(count)]
-
-
-def median_ms(functions: Sequence[Callable[[int], object]], repeats: int) -> list[float]:
-    """Median ms of each ``function(i)``; calls alternate between the functions (same load for all)."""
-    for function in functions:
-        function(0)
-    times: list[list[float]] = [[] for _ in functions]
-    for i in range(repeats):
-        for function, bucket in zip(functions, times):
-            start = time.perf_counter()
-            function(i)
-            bucket.append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(bucket) for bucket in times]
 
 
 # ---------------------------------------------------------------------------- students and indexes

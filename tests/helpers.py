@@ -9,6 +9,7 @@ small vocabulary. Classes here are also loaded by ``class_path`` from recipes un
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -693,3 +694,32 @@ def fit_and_check(args: list[str]) -> Any:
         if key in metrics:
             assert 0.0 <= float(metrics[key]) <= (600.0 if key == "val/rsum" else 100.0), (key, metrics[key])
     return cli
+
+
+class LogLines(logging.Handler):
+    """Collects the messages of the records a logger emits (``logger.addHandler(LogLines())``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def kill_after_first_shard(command: list[str], env: dict[str, str], cwd: Path, out: Path) -> str:
+    """Run ``cache-teacher`` ``command`` with a pause after each shard, SIGKILL it once ``out`` holds a shard (at
+    most 120 s), and return its stderr (for the assertion message when no shard appeared)."""
+    import signal
+    import subprocess
+
+    from distill.cache.build import PAUSE_ENV
+
+    process = subprocess.Popen(command, env={**env, PAUSE_ENV: "60"}, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.safetensors")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=30)
+    return stderr.decode()[-2000:]

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from distill.progress import LineProgress, progress
+from tests.helpers import LogLines
 
 
 class Clock:
@@ -17,19 +18,10 @@ class Clock:
         return self.now
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_a_line_when_the_interval_has_passed() -> None:
     clock = Clock()
     bar = LineProgress(1000, "encoding b", "texts", every=30.0, clock=clock)
-    handler, logger = Lines(), logging.getLogger("distill.progress")
+    handler, logger = LogLines(), logging.getLogger("distill.progress")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     try:

@@ -29,7 +29,8 @@ from distill.losses import CPRD, DCD, InfoNCE, LogitKL, MarginMSE
 from distill.teachers import ShapesCrossEncoder
 from distill.training import DistillationModule
 from distill.training.candidates import CachedCandidates, resolve_cached_candidates
-from tests.helpers import DATA, REPO_ROOT, TINY_TEACHER, fit_and_check, FirstCaptionShapes, all_losses, make_student, tiny_shapes
+from tests.helpers import (DATA, REPO_ROOT, TINY_TEACHER, FirstCaptionShapes, all_losses, fit_and_check,
+                           kill_after_first_shard, make_student, tiny_shapes)
 
 RECIPE = REPO_ROOT / "configs" / "demo" / "shapes-cprd.yaml"
 CACHED_RECIPE = REPO_ROOT / "configs" / "demo" / "cached-shapes-cprd.yaml"
@@ -374,13 +375,7 @@ def test_two_processes_build_the_single_process_cache_byte_for_byte(tmp_path: Pa
     out = tmp_path / "shared"
     base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src"), "WORLD_SIZE": "2"}
     command = [sys.executable, "-m", "distill", "cache-teacher", *_cache_args(out, teacher_dir)]
-    killed = subprocess.Popen(command, env={**base, "RANK": "1", PAUSE_ENV: "60"}, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.safetensors")) and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate(timeout=30)
+    kill_after_first_shard(command, {**base, "RANK": "1"}, tmp_path, out)
     done = subprocess.run(command, env={**base, "RANK": "0"}, cwd=tmp_path, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert not (out / "manifest.json").exists()  # rank 1's shards are missing

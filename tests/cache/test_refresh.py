@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import pytest
 import torch
 
 from distill.cache import CachedCandidatesDataModule, load_cache
-from distill.cache.build import PAUSE_ENV
 from distill.cache.twins import twin_counts, twin_share
 from distill.cli.cache_teacher import _build_from_recipe
 from distill.cli.cache_teacher import main as cache_main
@@ -30,7 +27,7 @@ from distill.training.callbacks import CacheRefresh
 from distill.training.candidates import CachedCandidates
 from tests.cache.test_cache import (  # noqa: F401  (module fixtures)
     DATA_ARGS, NUM_TRAIN, RECIPE, STUDENT_ARGS, _cache_args, _folder_bytes, built_cache, teacher_dir)
-from tests.helpers import DATA, REPO_ROOT, make_student
+from tests.helpers import DATA, REPO_ROOT, kill_after_first_shard, make_student
 
 
 def _pairs(folder: Path) -> list[tuple[tuple[int, int], float]]:
@@ -130,14 +127,8 @@ def test_refresh_killed_and_shared_by_two_processes_is_byte_identical(
     base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src"), "WORLD_SIZE": "2"}
     command = [sys.executable, "-m", "distill", "cache-teacher",
                *_refresh_args(out, teacher_dir, built_cache, student_ckpt)]
-    killed = subprocess.Popen(command, env={**base, "RANK": "1", PAUSE_ENV: "60"}, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.safetensors")) and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    _, stderr = killed.communicate(timeout=30)
-    assert list(out.glob("*.safetensors")), stderr.decode()[-2000:]
+    stderr = kill_after_first_shard(command, {**base, "RANK": "1"}, tmp_path, out)
+    assert list(out.glob("*.safetensors")), stderr
     done = subprocess.run(command, env={**base, "RANK": "0"}, cwd=tmp_path, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert not (out / "manifest.json").exists()  # rank 1's shards are missing

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.serving.index.corpus import encode_texts
-from tests.helpers import bert_tokenizer
+from tests.helpers import LogLines, bert_tokenizer
 
 
 class Zeros(nn.Module):
@@ -19,19 +19,10 @@ class Zeros(nn.Module):
         return torch.zeros(inputs["input_ids"].shape[0], 4)
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_encoding_logs_done_total_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTILL_PROGRESS_SECONDS", "0")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    handler, logger = Lines(), logging.getLogger("distill.progress")
+    handler, logger = LogLines(), logging.getLogger("distill.progress")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     try:

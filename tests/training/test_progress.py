@@ -8,21 +8,12 @@ import lightning as L
 
 from distill.training import DistillationModule
 from distill.training.callbacks.progress import ProgressLog, format_seconds
-from tests.helpers import make_student
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+from tests.helpers import LogLines, make_student
 
 
 def test_a_line_every_n_steps_and_one_per_validation(tiny_datamodule) -> None:
     """Steps 2 and 6 get a step line; step 4, where validation runs, gets one line with the metric instead."""
-    handler, logger = _Lines(), logging.getLogger("distill.progress")
+    handler, logger = LogLines(), logging.getLogger("distill.progress")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     trainer = L.Trainer(accelerator="cpu", max_steps=6, max_epochs=-1, val_check_interval=4,
@@ -48,7 +39,7 @@ def test_format_seconds() -> None:
 def test_test_batches_get_lines_when_the_interval_passes(tiny_datamodule, monkeypatch) -> None:
     """With DISTILL_PROGRESS_SECONDS=0 every test batch gets a line, then one before the metrics."""
     monkeypatch.setenv("DISTILL_PROGRESS_SECONDS", "0")
-    handler, logger = _Lines(), logging.getLogger("distill.progress")
+    handler, logger = LogLines(), logging.getLogger("distill.progress")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
