@@ -297,9 +297,9 @@ def cache_pairs(recipe: str) -> int:
     manifest = REPO / config["model"]["init_args"]["candidates"]["init_args"]["path"] / "manifest.json"
     if not manifest.is_file():
         return 0
-    data = json.loads(manifest.read_text())["data"]
-    k = json.loads(manifest.read_text())["k"]
-    return int(data["num_items"] + k * (data["num_a"] + data["num_b"]))
+    read = json.loads(manifest.read_text())
+    data = read["data"]
+    return int(data["num_items"] + read["k"] * (data["num_a"] + data["num_b"]))
 
 
 def study_table(args: argparse.Namespace, found: dict) -> str:

@@ -39,7 +39,7 @@ ORDERS = ("teacher", "student")
 
 
 class CandidateExtras:
-    """Loads each batched item's first ``per_anchor`` cached candidates per direction (see the module docstring).
+    """Loads ``per_anchor`` cached candidates per direction for each batched item (see the module docstring).
 
     Args:
         dataset: the wrapped data module's train dataset (items in cache order).
@@ -71,11 +71,14 @@ class CandidateExtras:
         keep = torch.sort(keyed, dim=1, descending=True, stable=True).indices[:, :self.per_anchor]
         return ids.gather(1, keep)
 
-    def _holders(self, anchors: Tensor, ids: Tensor, holder_of: Callable[[int], int]) -> list[int]:
-        """The dataset item that holds each candidate id (``[B, n]``), else the anchor's own item."""
-        anchor_rows = anchors.unsqueeze(1).expand_as(ids)
-        return [holder if candidate >= 0 and (holder := holder_of(candidate)) >= 0 else int(anchor)
-                for candidate, anchor in zip(ids.reshape(-1).tolist(), anchor_rows.reshape(-1).tolist())]
+    @staticmethod
+    def _holders(anchors: Tensor, ids: Tensor, holder_of: Callable[[int], int]) -> tuple[list[int], Tensor]:
+        """For candidate ids ``[B, n]``: the dataset item to load for each (its holder, else the anchor's own item)
+        and ``[B*n]`` whether a holder was found (padding and ids outside the split have none)."""
+        holders = [holder_of(candidate) if candidate >= 0 else -1 for candidate in ids.reshape(-1).tolist()]
+        anchor_rows = anchors.unsqueeze(1).expand_as(ids).reshape(-1).tolist()
+        load = [holder if holder >= 0 else int(anchor) for holder, anchor in zip(holders, anchor_rows)]
+        return load, torch.tensor([holder >= 0 for holder in holders], dtype=torch.bool)
 
     def _side(self, holders: Sequence[int], side: str) -> Any:
         batch = self.collate([self.dataset[item] for item in holders])
@@ -89,10 +92,8 @@ class CandidateExtras:
         tables = self.tables
         b_ids = self.chosen(tables.a2b_ids[items], tables.a2b_scores[items])  # [B, n] b ids: a2b candidates
         a_ids = self.chosen(tables.b2a_ids[items], tables.b2a_scores[items])  # [B, n] a ids: b2a candidates
-        b_holders = self._holders(items, b_ids, lambda b_id: tables.item_of_b.get(b_id, -1))
-        a_holders = self._holders(items, a_ids, lambda a_id: (tables.items_of_a.get(a_id) or [-1])[0])
-        resolved_b = torch.tensor([tables.item_of_b.get(i, -1) >= 0 for i in b_ids.reshape(-1).tolist()])
-        resolved_a = torch.tensor([a_id in tables.items_of_a for a_id in a_ids.reshape(-1).tolist()])
+        b_holders, resolved_b = self._holders(items, b_ids, lambda b_id: tables.item_of_b.get(b_id, -1))
+        a_holders, resolved_a = self._holders(items, a_ids, lambda a_id: (tables.items_of_a.get(a_id) or [-1])[0])
         return {
             "b": self._side(b_holders, "b"), "b_id": torch.where(resolved_b, b_ids.reshape(-1), -1),
             "a": self._side(a_holders, "a"), "a_id": torch.where(resolved_a, a_ids.reshape(-1), -1),
