@@ -218,7 +218,8 @@ def test_random_cached_batches_are_the_data_modules_batches_with_their_candidate
             best = scores[row][valid].sort(descending=True).values[:2]
             picked = [float(scores[row][ids[row].tolist().index(i)]) for i in chosen[row].tolist() if i >= 0]
             assert picked == pytest.approx(best.tolist()[:len(picked)])
-    with pytest.raises(ValueError, match="candidates_per_anchor must be between 1 and the cache's K = 4"):
+    with pytest.raises(InputError, match="data.init_args.candidates_per_anchor must be between 1 and the cache's "
+                                         "K = 4, got 5: lower it, or build the cache with cache-teacher --k 5"):
         bad = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=5)
         bad.setup("fit")
         bad.train_dataloader()

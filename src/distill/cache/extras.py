@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from distill.errors import InputError
+
 __all__ = ["CandidateExtras", "ORDERS"]
 
 ORDERS = ("teacher", "student")
@@ -53,9 +55,10 @@ class CandidateExtras:
                  per_anchor: int, order: str = "teacher") -> None:
         width = int(tables.a2b_ids.shape[1])
         if not 1 <= per_anchor <= width:
-            raise ValueError(f"candidates_per_anchor must be between 1 and the cache's K = {width}, got {per_anchor}")
+            raise InputError(f"data.init_args.candidates_per_anchor must be between 1 and the cache's K = {width}, got "
+                             f"{per_anchor}: lower it, or build the cache with cache-teacher --k {per_anchor}")
         if order not in ORDERS:
-            raise ValueError(f"candidate_order must be one of {list(ORDERS)}, got {order!r}")
+            raise InputError(f"data.init_args.candidate_order must be one of {list(ORDERS)}, got {order!r}")
         self.dataset = dataset
         self.collate = collate
         self.tables = tables
