@@ -478,6 +478,26 @@ def batch_independent_student() -> DualEncoder:
     return DualEncoder(PooledConvTower(), TransformersTextTower(config=dict(BERT_NO_DROPOUT)), embed_dim=16)
 
 
+class PatchConvTower(Tower):
+    """A batch-independent token image tower: one GELU conv patch embedding, ``[B, (H/8)(W/8), width]`` tokens."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.width = width
+        self.conv = nn.Conv2d(3, width, kernel_size=8, stride=8)
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        return nn.functional.gelu(self.conv(inputs["pixel_values"])).flatten(2).transpose(1, 2)
+
+
+def batch_independent_late_student(similarity: str = "filip") -> nn.Module:
+    """A late-interaction student whose token embeddings of an item do not depend on the rest of the batch."""
+    from distill.students import LateInteractionEncoder, TransformersTokenTower
+
+    return LateInteractionEncoder(PatchConvTower(), TransformersTokenTower(config=dict(BERT_NO_DROPOUT)), embed_dim=16,
+                                  similarity=similarity)  # type: ignore[arg-type]
+
+
 def all_losses() -> dict[str, Any]:
     return {
         "infonce": InfoNCE(),

@@ -15,8 +15,9 @@ class DualEncoder(nn.Module):
     """Encodes ``a`` and ``b`` items separately into a shared space.
 
     ``encode_a(a) -> [B, D]`` and ``encode_b(b) -> [B, D]`` are L2-normalised, so a @ b.T is the
-    cosine similarity. ``logit_scale = exp(log_inv_temperature)`` is the inverse temperature
-    (clamped at 100, as in CLIP); it is learnable unless ``learn_temperature`` is False.
+    cosine similarity: :meth:`score`, the score training and evaluation rank by. ``logit_scale =
+    exp(log_inv_temperature)`` is the inverse temperature (clamped at 100, as in CLIP); it is learnable
+    unless ``learn_temperature`` is False.
     """
 
     def __init__(
@@ -50,6 +51,10 @@ class DualEncoder(nn.Module):
 
     def encode_b(self, b: Inputs) -> Tensor:
         return F.normalize(self.proj_b(self.tower_b(b)), dim=-1)
+
+    def score(self, a: Tensor, b: Tensor) -> Tensor:
+        """``[Na, Nb]`` student scores of every a item against every b item: the dot product ``a @ b.T``."""
+        return a @ b.T
 
     def forward(self, a: Inputs, b: Inputs) -> tuple[Tensor, Tensor]:
         return self.encode_a(a), self.encode_b(b)

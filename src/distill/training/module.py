@@ -2,8 +2,9 @@
 
 The module holds no loss math, no model code, no mining and no metrics. Each training step:
 
-1. the student encodes both sides; ``S = a @ b.T`` (under DDP over the global batch: embeddings are
-   gathered with gradient, ids without, :mod:`distill.distributed`);
+1. the student encodes both sides and scores them: ``S = student.score(a, b)``, ``a @ b.T`` for a pooled
+   student, its own late-interaction score for one with token embeddings (under DDP over the global batch:
+   embeddings, token masks included, are gathered with gradient, ids without, :mod:`distill.training.embeddings`);
 2. the candidate sources (``candidates``) pick each anchor's candidate pairs, and the teacher scores the
    ones no source knows a score for (:func:`distill.training.step.candidate_scores`);
 3. every loss term gets the same :class:`~distill.losses.LossInputs`; the module sums ``weight * term`` and
@@ -35,6 +36,7 @@ from distill.students.weights import load_student_weights
 from distill.teachers import Teacher, TeacherScorer
 from distill.teachers.scoring import check_precision
 from distill.training.candidates import CachedCandidates, CandidateSource, InBatchNegatives, Side, StepView
+from distill.training.embeddings import gather_embeddings, student_scorer
 from distill.training.optim import default_optimizer, optimizer_config, resolve_run_length
 from distill.training.step import candidate_scores
 from distill.training.val_interval import fit_validation_interval
@@ -65,7 +67,9 @@ class DistillationModule(L.LightningModule):
 
     Args:
         student: the trainable student: an ``nn.Module`` with ``encode_a(a) -> [B, D]``,
-            ``encode_b(b) -> [B, D]`` and a ``logit_scale`` tensor (e.g. :class:`~distill.students.DualEncoder`).
+            ``encode_b(b) -> [B, D]`` and a ``logit_scale`` tensor (e.g. :class:`~distill.students.DualEncoder`);
+            its ``score(a, b) -> [Na, Nb]`` (default ``a @ b.T``) is the score matrix every step uses, so a
+            late-interaction student (:class:`~distill.students.LateInteractionEncoder`, token embeddings) fits.
         teacher: a frozen cross-encoder; ``None`` trains the student alone, or from scores that the
             candidates carry (teacher cache, scores in the training file).
         losses: named loss terms (``class_path`` entries); default ``{"infonce": InfoNCE()}``.
@@ -212,15 +216,17 @@ class DistillationModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def encode_step(self, batch: Mapping[str, Any]) -> StepView:
         """The student's embeddings of both sides over the (global) batch, as the candidate sources see them."""
-        emb_a = distributed.gather_with_grad(self.student.encode_a(batch["a"]))
-        emb_b = distributed.gather_with_grad(self.student.encode_b(batch["b"]))
+        emb_a = gather_embeddings(self.student.encode_a(batch["a"]))
+        emb_b = gather_embeddings(self.student.encode_b(batch["b"]))
+        score = student_scorer(self.student)
         a_id = distributed.gather_tensor(batch["a_id"])
         b_id = distributed.gather_tensor(batch["b_id"])
         return StepView(
             a=Side(emb_a, a_id, b_id, lambda: distributed.gather_inputs(_view(batch, "a"))),
             b=Side(emb_b, b_id, a_id, lambda: distributed.gather_inputs(_view(batch, "b"))),
-            similarity=emb_a @ emb_b.T, batch=batch, k=self.num_hard_negatives,
+            similarity=score(emb_a, emb_b), batch=batch, k=self.num_hard_negatives,
             live_teacher=self.scorer is not None, encode_b=self.student.encode_b, encode_a=self.student.encode_a,
+            score=score,
         )
 
     def build_loss_inputs(self, batch: Mapping[str, Any]) -> tuple[LossInputs, dict[str, float]]:
@@ -237,9 +243,10 @@ class DistillationModule(L.LightningModule):
                                   distributed.gather_tensor(self.scorer.embed("b", _view(batch, "b"))))
         positives = (step.a.ids.unsqueeze(1) == step.a.ids.unsqueeze(0)) | \
             (step.b.ids.unsqueeze(1) == step.b.ids.unsqueeze(0))
+        pooled = isinstance(step.a.embeddings, Tensor)  # token embeddings have no pooled vector for a loss to read
         inputs = LossInputs(similarity=step.similarity, positive_mask=positives, logit_scale=self.student.logit_scale,
                             a2b=scores.get("a2b"), b2a=scores.get("b2a"),
-                            student_embeddings=(step.a.embeddings, step.b.embeddings),
+                            student_embeddings=(step.a.embeddings, step.b.embeddings) if pooled else None,
                             teacher_embeddings=teacher_embeddings)
         return inputs, stats
 
@@ -300,6 +307,7 @@ class DistillationModule(L.LightningModule):
             num_negatives=self.num_hard_negatives,
             log_figure=log_figure if hasattr(experiment, "add_figure") else None,
             embedding_stats=getattr(self.student, "embedding_stats", None), device=self.device,
+            score=student_scorer(self.student),
             partial=self._evaluates_part_of(stage), b_tie_keys=getattr(datamodule, "tie_keys", None),
         )
 

@@ -19,6 +19,7 @@ from distill.inputs import Inputs, concat_inputs
 from distill.losses import DirectionScores
 from distill.teachers.scoring import TeacherScorer
 from distill.training.candidates import CandidateSource, DirectionCandidates, StepView, combine
+from distill.training.embeddings import direction_scores
 
 __all__ = ["candidate_scores", "select_candidates"]
 
@@ -37,12 +38,15 @@ def select_candidates(sources: Sequence[CandidateSource], step: StepView, direct
     return selected
 
 
-def _columns(step: StepView, direction: str, candidates: DirectionCandidates) -> Tensor:
-    """The student embeddings of a direction's columns: the other side of the batch, then extra items."""
-    side = step.b if direction == "a2b" else step.a
+def _column_scores(step: StepView, direction: str, candidates: DirectionCandidates) -> Tensor:
+    """``[N, B + E]`` student scores of each anchor against a direction's columns: the batch's (the step's
+    score matrix), then the extra items' (scored by the student's ``score``)."""
+    batch = step.similarity if direction == "a2b" else step.similarity.T
     if candidates.extra is None:
-        return side.embeddings
-    return torch.cat([side.embeddings, candidates.extra.embeddings.to(side.embeddings.dtype)])
+        return batch
+    anchors = step.a.embeddings if direction == "a2b" else step.b.embeddings
+    extra = candidates.extra.embeddings.to(anchors.dtype)
+    return torch.cat([batch, direction_scores(step.score, anchors, extra, direction)], dim=1)
 
 
 def _pool(step: StepView, side: str, extra_of: DirectionCandidates | None) -> Inputs:
@@ -114,8 +118,7 @@ def candidate_scores(sources: Sequence[CandidateSource], step: StepView, directi
         stats["teacher_pairs"] = 0.0
     out: dict[str, DirectionScores] = {}
     for direction, candidates in selected.items():
-        anchors = step.a.embeddings if direction == "a2b" else step.b.embeddings
-        student = (anchors @ _columns(step, direction, candidates).T).gather(1, candidates.index)
+        student = _column_scores(step, direction, candidates).gather(1, candidates.index)
         teacher = candidates.teacher.float().masked_fill(~candidates.valid, 0.0)
         out[direction] = DirectionScores(student, teacher, candidates.valid)
     return out, stats

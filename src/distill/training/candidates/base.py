@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from distill.inputs import Inputs, concat_inputs
+from distill.training.embeddings import Embeddings, Scorer, cat_embeddings, dot_scores
 
 __all__ = ["CandidateSource", "DirectionCandidates", "Extra", "Side", "StepView", "combine", "other_side"]
 
@@ -28,11 +29,12 @@ DIRECTIONS = ("a2b", "b2a")
 
 @dataclass
 class Side:
-    """One side of the step: ``embeddings [B, D]`` (the student's, differentiable), ``ids [B]`` (this side's
-    item ids) and ``pair_ids [B]`` (the other side's id of each row's pair). The teacher's view of the B
-    items is read lazily (``load_teacher_inputs``), only when a live teacher scores pairs."""
+    """One side of the step: ``embeddings [B, D]`` (the student's, differentiable; token embeddings for a
+    late-interaction student), ``ids [B]`` (this side's item ids) and ``pair_ids [B]`` (the other side's id of
+    each row's pair). The teacher's view of the B items is read lazily (``load_teacher_inputs``), only when a
+    live teacher scores pairs."""
 
-    embeddings: Tensor
+    embeddings: Embeddings
     ids: Tensor
     pair_ids: Tensor
     load_teacher_inputs: Callable[[], Inputs] = field(repr=False, default=dict)
@@ -44,9 +46,9 @@ class Side:
 
 @dataclass
 class StepView:
-    """What every source reads: both sides, ``similarity = a @ b.T`` ``[B, B]``, this process's batch, K, whether
-    a live teacher scores pairs, and the student's encoders (for extra items such as listed negatives or cached
-    candidates)."""
+    """What every source reads: both sides, ``similarity = score(a, b)`` ``[B, B]`` (``a @ b.T`` for a pooled
+    student), this process's batch, K, whether a live teacher scores pairs, the student's encoders (for extra
+    items such as listed negatives or cached candidates) and its ``score(a, b) -> [Na, Nb]`` (for those items)."""
 
     a: Side
     b: Side
@@ -56,6 +58,7 @@ class StepView:
     live_teacher: bool
     encode_b: Callable[[Inputs], Tensor] = field(repr=False, default=lambda inputs: torch.zeros(0))
     encode_a: Callable[[Inputs], Tensor] = field(repr=False, default=lambda inputs: torch.zeros(0))
+    score: Scorer = field(repr=False, default=dot_scores)
 
     @property
     def size(self) -> int:
@@ -71,10 +74,10 @@ def other_side(step: StepView, direction: str) -> tuple[Side, Side, Tensor]:
 
 @dataclass
 class Extra:
-    """Columns beyond the batch's own: ``embeddings [E, D]`` (student), ``ids [E]``, the teacher's view of the
-    E items (``None`` when no live teacher scores them)."""
+    """Columns beyond the batch's own: ``embeddings [E, D]`` (student; or token embeddings), ``ids [E]``, the
+    teacher's view of the E items (``None`` when no live teacher scores them)."""
 
-    embeddings: Tensor
+    embeddings: Embeddings
     ids: Tensor
     teacher_inputs: Inputs | None = None
 
@@ -137,7 +140,7 @@ def _merge_extras(parts: Sequence[DirectionCandidates], batch_columns: int) -> t
         return indexes, None
     inputs = [extra.teacher_inputs for extra in extras]
     merged_inputs = concat_inputs(inputs) if all(i is not None for i in inputs) else None  # type: ignore[misc]
-    extra = Extra(torch.cat([e.embeddings for e in extras]), torch.cat([e.ids for e in extras]), merged_inputs)
+    extra = Extra(cat_embeddings([e.embeddings for e in extras]), torch.cat([e.ids for e in extras]), merged_inputs)
     return indexes, extra
 
 

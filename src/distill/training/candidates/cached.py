@@ -25,6 +25,7 @@ from torch import Tensor
 
 from distill.cache.format import CACHE_BATCH_KEY, CACHE_EXTRA_KEY, read_manifest, verify_manifest
 from distill import distributed
+from distill.training.embeddings import gather_embeddings
 from distill.training.candidates.base import CandidateSource, DirectionCandidates, Extra, StepView
 from distill.training.mining import Candidates, clamp_k
 
@@ -94,7 +95,7 @@ class CachedCandidates(CandidateSource):
             return None
         side = "b" if direction == "a2b" else "a"
         encode = step.encode_b if side == "b" else step.encode_a
-        embeddings = distributed.gather_with_grad(encode(extras[side]))
+        embeddings = gather_embeddings(encode(extras[side]))
         return Extra(embeddings, distributed.gather_tensor(extras[f"{side}_id"]))
 
 

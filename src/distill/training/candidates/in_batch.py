@@ -10,6 +10,7 @@ from torch import Tensor
 
 from distill.inputs import Inputs, concat_inputs
 from distill import distributed
+from distill.training.embeddings import Embeddings, cat_embeddings, direction_scores
 from distill.training.candidates.base import CandidateSource, DirectionCandidates, Extra, StepView, other_side
 from distill.training.mining import clamp_k, mine_hard_negatives, pair_positives, repeated_columns
 
@@ -34,10 +35,11 @@ class InBatchNegatives(CandidateSource):
 
 @dataclass
 class QueuedItems:
-    """Items of earlier batches on one side: ``embeddings [Q, D]`` (detached), their own ``ids [Q]`` and the
-    other side's ``pair_ids [Q]``, and the teacher's view of them (``None`` without a live teacher)."""
+    """Items of earlier batches on one side: ``embeddings [Q, D]`` (detached; or token embeddings), their own
+    ``ids [Q]`` and the other side's ``pair_ids [Q]``, and the teacher's view of them (``None`` without a live
+    teacher)."""
 
-    embeddings: Tensor
+    embeddings: Embeddings
     ids: Tensor
     pair_ids: Tensor
     inputs: Inputs | None
@@ -79,7 +81,7 @@ class MemoryQueue(CandidateSource):
             return None
         parts = [pair[0] if side == "a" else pair[1] for pair in self._batches]
         inputs = [p.inputs for p in parts]
-        return QueuedItems(torch.cat([p.embeddings for p in parts]), torch.cat([p.ids for p in parts]),
+        return QueuedItems(cat_embeddings([p.embeddings for p in parts]), torch.cat([p.ids for p in parts]),
                            torch.cat([p.pair_ids for p in parts]),
                            concat_inputs(inputs) if all(i is not None for i in inputs) else None)  # type: ignore[misc]
 
@@ -94,7 +96,8 @@ class MemoryQueue(CandidateSource):
                                                 stats={"queue_negatives_share": 0.0})
         all_ids = torch.cat([columns.ids, queued.ids])
         all_pair_ids = torch.cat([columns.pair_ids, queued.pair_ids])
-        extended = torch.cat([scores, anchors.embeddings @ queued.embeddings.T], dim=1)
+        extended = torch.cat([scores, direction_scores(step.score, anchors.embeddings, queued.embeddings, direction)],
+                             dim=1)
         mask = pair_positives(anchors.ids, anchors.pair_ids, all_pair_ids, all_ids)
         mask = mask | repeated_columns(all_ids).unsqueeze(0)
         candidates = mine_hard_negatives(extended, mask, clamp_k(step.k, extended.shape[1]))

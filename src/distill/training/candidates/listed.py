@@ -8,6 +8,7 @@ import torch
 
 from distill.data.batch import NEGATIVE_KEYS
 from distill import distributed
+from distill.training.embeddings import gather_embeddings
 from distill.training.candidates.base import CandidateSource, DirectionCandidates, Extra, StepView
 
 __all__ = ["ListedNegatives"]
@@ -64,7 +65,7 @@ class ListedNegatives(CandidateSource):
             )
         negative_ids = distributed.gather_tensor(batch["b_neg_id"])  # [B, n]
         size, count = negative_ids.shape
-        embeddings = distributed.gather_with_grad(step.encode_b(batch["b_neg"]))  # [B*n, D]
+        embeddings = gather_embeddings(step.encode_b(batch["b_neg"]))  # [B*n, D]
         rows = torch.arange(size, device=negative_ids.device).unsqueeze(1)
         columns = size + rows * count + torch.arange(count, device=negative_ids.device)
         index = torch.cat([rows, columns], dim=1)
