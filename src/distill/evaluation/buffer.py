@@ -4,7 +4,8 @@ An evaluation batch holds pairs (``a`` and ``b`` with ``a_id`` / ``b_id``: image
 side (``a`` + ``a_id``: queries; ``b`` + ``b_id``: a passage corpus). :class:`SplitBuffer` stores each
 distinct a item's and b item's embedding once (first occurrence; an image is encoded once even when
 several of its captions are in the split) and, for pairs, which a item each b item belongs to. Per item
-that is ``D`` numbers in ``float32`` or ``float16`` plus an 8-byte id. ``embeddings_dir`` streams the
+that is ``D`` numbers in ``float32`` or ``float16`` plus an 8-byte id (a late-interaction student: its valid
+token vectors, ``tokens x D`` numbers, see :mod:`distill.evaluation.late`). ``embeddings_dir`` streams the
 embeddings to memory-mapped files instead of host memory, for corpora of millions of passages.
 
 Under DDP every process buffers its own shard; :meth:`SplitBuffer.finalize` gathers ids and embeddings
@@ -17,12 +18,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from distill import distributed
+from distill.errors import InputError
+from distill.evaluation.late import TokenRows, TokenTable
+from distill.students.late_interaction import TokenEmbeddings
 
 __all__ = ["EMBEDDING_DTYPES", "EmbeddingRows", "EncodedSplit", "SplitBuffer"]
 
@@ -123,8 +128,8 @@ class SplitBuffer:
     b_ids: list[Tensor] = field(default_factory=list)
     pairs: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     _seen_a: set[int] = field(default_factory=set)
-    _a_rows: EmbeddingRows | None = None
-    _b_rows: EmbeddingRows | None = None
+    _a_rows: EmbeddingRows | TokenRows | None = None
+    _b_rows: EmbeddingRows | TokenRows | None = None
 
     def __post_init__(self) -> None:
         self._a_rows = EmbeddingRows(self.dtype)
@@ -143,13 +148,13 @@ class SplitBuffer:
                 rows.append(row)
         return torch.tensor(rows, dtype=torch.long)
 
-    def add_a(self, ids: Tensor, embeddings: Tensor) -> None:
-        assert self._a_rows is not None
+    def add_a(self, ids: Tensor, embeddings: Tensor | TokenEmbeddings) -> None:
+        self._a_rows = _rows_for(self._a_rows, embeddings, self.dtype, None)
         self.a_ids.append(ids.detach().cpu().long())
         self._a_rows.append(embeddings)
 
-    def add_b(self, ids: Tensor, embeddings: Tensor) -> None:
-        assert self._b_rows is not None
+    def add_b(self, ids: Tensor, embeddings: Tensor | TokenEmbeddings) -> None:
+        self._b_rows = _rows_for(self._b_rows, embeddings, self.dtype, self.folder)
         self.b_ids.append(ids.detach().cpu().long())
         self._b_rows.append(embeddings)
 
@@ -161,7 +166,7 @@ class SplitBuffer:
         assert self._a_rows is not None and self._b_rows is not None
         width = self._a_rows.width or self._b_rows.width or 0
         a_ids = distributed.gather_tensor(_cat(self.a_ids))
-        a = distributed.gather_tensor(_as_rows(self._a_rows.finish(), width))
+        a = _gather_rows(self._a_rows.finish(), width)
         keep_a = first_occurrence(a_ids)
         a_ids, a = a_ids[keep_a], a[keep_a]
         b_ids = distributed.gather_tensor(_cat(self.b_ids))
@@ -177,7 +182,7 @@ class SplitBuffer:
         assert self._b_rows is not None
         rows = self._b_rows.finish()
         if self._b_rows.path is None:
-            return [distributed.gather_tensor(_as_rows(rows, width))]
+            return [_gather_rows(rows, width)]
         counts = distributed.gather_tensor(torch.tensor([self._b_rows.rows]))
         paths = distributed.gather_strings(str(self._b_rows.path))
         return [open_rows(Path(p), int(n), width, self.dtype) for p, n in zip(paths, counts.tolist())]
@@ -186,6 +191,27 @@ class SplitBuffer:
         """Delete this process's memory-mapped file (after the metrics are computed)."""
         if self._b_rows is not None:
             self._b_rows.remove()
+
+
+def _rows_for(rows: Any, embeddings: Any, dtype: torch.dtype, folder: str | None) -> Any:
+    """The rows object for this batch's embeddings: token embeddings (a late-interaction student) switch an
+    empty :class:`EmbeddingRows` to :class:`~distill.evaluation.late.TokenRows`."""
+    if not isinstance(embeddings, TokenEmbeddings) or isinstance(rows, TokenRows):
+        return rows
+    if folder is not None:
+        raise InputError("model.init_args.evaluator.init_args.embeddings_dir streams pooled [N, D] rows only: leave "
+                         "it unset for a late-interaction student (its tokens stay in host memory, see "
+                         "distill.evaluation.late)")
+    if rows.rows:
+        raise ValueError("an evaluation split mixes pooled and token embeddings")
+    return TokenRows(dtype)
+
+
+def _gather_rows(rows: Tensor | TokenTable, width: int) -> Tensor | TokenTable:
+    """Every process's rows, in rank order (token tables keep their ragged layout)."""
+    if isinstance(rows, TokenTable):
+        return rows.gather()
+    return distributed.gather_tensor(_as_rows(rows, width))
 
 
 def _cat(parts: list[Tensor]) -> Tensor:

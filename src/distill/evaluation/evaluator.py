@@ -30,7 +30,8 @@ from torch import Tensor
 from distill.data.items import ItemStore
 from distill.evaluation.buffer import EMBEDDING_DTYPES, EncodedSplit, SplitBuffer
 from distill.evaluation.diagnostics import score_distribution_figure, spearman_per_row, standardised_spread
-from distill.evaluation.ranking import KeyMask, top_k
+from distill.evaluation.late import TokenTable, late_top_k
+from distill.evaluation.ranking import KeyMask, Ranking, top_k
 from distill.evaluation.rerank import rerank
 from distill.inputs import Inputs, select_rows
 from distill.teachers.scoring import TeacherScorer
@@ -51,7 +52,9 @@ class EvalContext:
     ``embedding_stats(embeddings) -> {name: value}`` (sparse students: non-zeros per vector); ``partial``: only
     some batches of the split were encoded (Lightning's sanity check, ``limit_*_batches``, ``fast_dev_run``),
     so metrics cover the encoded queries only; ``b_tie_keys(b ids [n]) -> [n]``: keys ordered as the b items'
-    document ids are (score ties go to the larger key, as trec_eval's to the larger id; default: the ids).
+    document ids are (score ties go to the larger key, as trec_eval's to the larger id; default: the ids);
+    ``score(a, b) -> [Na, Nb]``: the student's score, which ranks token embeddings (a late-interaction student;
+    pooled embeddings are ranked by their dot product).
     """
 
     stage: str
@@ -64,6 +67,7 @@ class EvalContext:
     device: torch.device | str = "cpu"
     partial: bool = False
     b_tie_keys: Callable[[Tensor], Tensor] | None = None
+    score: Callable[[Any, Any], Tensor] | None = None
 
 
 class RetrievalEvaluator:
@@ -158,10 +162,22 @@ class RetrievalEvaluator:
         return self.evaluate_teacher and scorer is not None and bool(getattr(scorer.teacher, "has_embeddings", False))
 
     # ------------------------------------------------------------------ computing
+    def _top_k(self, queries: Any, keys: Any, k: int, key_ids: Tensor | None, mask: KeyMask | None,
+               device: torch.device | str, score: Callable[[Any, Any], Tensor] | None, queries_are_a: bool) -> Ranking:
+        """:func:`top_k` of pooled rows, :func:`late_top_k` of token tables (by the student's ``score``)."""
+        if not isinstance(queries, TokenTable):
+            return top_k(queries.to(device), keys, k, key_ids, mask, self.query_chunk, self.key_chunk)
+        if score is None:
+            raise ValueError("ranking token embeddings needs the student's score (EvalContext.score)")
+        oriented = score if queries_are_a else (lambda q, c: score(c, q).T)
+        return late_top_k(queries, keys, k, oriented, key_ids, mask, self.query_chunk, self.key_chunk, device)
+
     def rank(self, split: EncodedSplit, depth: int, device: torch.device | str = "cpu",
-             b_tie_keys: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+             b_tie_keys: Callable[[Tensor], Tensor] | None = None,
+             score: Callable[[Any, Any], Tensor] | None = None) -> dict[str, Tensor]:
         """Each direction's top-``depth`` positions, exhaustive over the split, in chunks; b items tied on score
-        are ordered by ``b_tie_keys(b_ids)`` (default: their ids), larger first."""
+        are ordered by ``b_tie_keys(b_ids)`` (default: their ids), larger first. Token embeddings (a
+        late-interaction student) are ranked by ``score`` (:mod:`distill.evaluation.late`)."""
         lists: dict[str, Tensor] = {}
         duplicates = ~split.b_keep
         mask = (lambda rows, start, stop: duplicates[start:stop].unsqueeze(0).expand(rows.numel(), -1)) \
@@ -169,12 +185,12 @@ class RetrievalEvaluator:
         for direction in self.directions:
             if direction == "a2b":
                 keys = split.b_ids if b_tie_keys is None else b_tie_keys(split.b_ids)
-                ranking = top_k(split.a.to(device), split.b, depth, keys, mask, self.query_chunk, self.key_chunk)
+                ranking = self._top_k(split.a, split.b, depth, keys, mask, device, score, True)
             else:
                 keep = torch.nonzero(split.b_keep).flatten()
-                queries = torch.cat([torch.as_tensor(shard) for shard in split.b])
-                ranking = top_k(queries.to(device), split.a, depth, split.a_ids, None, self.query_chunk,
-                                self.key_chunk)
+                queries = TokenTable.cat(split.b) if isinstance(split.a, TokenTable) else \
+                    torch.cat([torch.as_tensor(shard) for shard in split.b])
+                ranking = self._top_k(queries, split.a, depth, split.a_ids, None, device, score, False)
                 full = torch.full((split.num_b, depth), -1, dtype=torch.long)
                 full[keep] = ranking.index[keep]
                 ranking.index = full
@@ -214,7 +230,7 @@ class RetrievalEvaluator:
         split = self._buffers["student"].finalize()
         two_stage = self.two_stage_k > 0 and ctx.stage in self.two_stage_at and ctx.scorer is not None
         depth = max(self.depth(), self.two_stage_k if two_stage else 0)
-        lists = self.rank(split, depth, ctx.device, ctx.b_tie_keys)
+        lists = self.rank(split, depth, ctx.device, ctx.b_tie_keys, ctx.score)
         results: Results = {"student": {**self.metrics(split, lists, ctx), **self._stats(split, ctx)}}
         if two_stage:
             reranked, pairs = self.rerank_lists(split, lists, ctx)
@@ -251,7 +267,7 @@ class RetrievalEvaluator:
             return positives(rows, start, stop) | duplicates[start:stop].unsqueeze(0)
 
         k = ctx.num_negatives
-        ranking = top_k(split.a[:anchors].to(ctx.device), split.b, k, split.b_ids, mask)
+        ranking = self._top_k(split.a[:anchors], split.b, k, split.b_ids, mask, ctx.device, ctx.score, True)
         if k < 2 or not bool((ranking.index >= 0).all()):
             return {}
         rows = torch.arange(anchors).repeat_interleave(k)
