@@ -64,16 +64,21 @@ RECIPES = {
     # Sparse (SPLADE/LexLIP-style) students: students/shapes-sparse.yaml
     "sparse-infonce": "sparse student: InfoNCE + FLOPS",
     "sparse-kl": "sparse student: + logit KL",
+    # Late-interaction (FILIP) students: students/shapes-late-interaction.yaml
+    "late-infonce": "late-interaction student: InfoNCE only",
+    "late-cprd-kl": "late-interaction student: + CPRD + logit KL",
+    "late-cached-cprd-kl": "late-interaction student: + CPRD + logit KL, teacher cache",
 }
 DENSE_RECIPES = ["infonce", "kl", "margin-mse", "cosine", "dcd", "cprd", "cprd-kl", "cached-cprd", "cached-cprd-kl"]
-CACHED_RECIPES = {"cached-cprd", "cached-cprd-kl"}  # their training reads caches/grid-cprd-k8 (see their headers)
+CACHED_RECIPES = {"cached-cprd", "cached-cprd-kl", "late-cached-cprd-kl"}  # they read caches/grid-cprd-k8 (headers)
 TWO_STAGE_NAMES = {"cprd": "CPRD"}
 SPARSE_RECIPES = ["sparse-infonce", "sparse-kl"]
+LATE_RECIPES = ["late-infonce", "late-cprd-kl", "late-cached-cprd-kl"]
 
 
 def starting_recipe(recipe: str) -> str:
     """The InfoNCE recipe that trains ``recipe``'s starting student (same student preset)."""
-    return "sparse-infonce" if recipe in SPARSE_RECIPES else "infonce"
+    return "sparse-infonce" if recipe in SPARSE_RECIPES else "late-infonce" if recipe in LATE_RECIPES else "infonce"
 
 
 def recipe_path(recipe: str, args: argparse.Namespace) -> Path:
@@ -179,7 +184,7 @@ def parse_args() -> argparse.Namespace:
     args.teacher_dir = args.teacher_dir or str(REPO / teacher_dir)
     args.results_dir = args.results_dir or str(REPO / results_dir)
     if args.recipes is None:
-        args.recipes = [r for r in DENSE_RECIPES + SPARSE_RECIPES
+        args.recipes = [r for r in DENSE_RECIPES + SPARSE_RECIPES + LATE_RECIPES
                         if (REPO / "configs" / "demo" / f"{prefix}-{r}.yaml").is_file()]
     if args.tag and args.report_only:
         parser.error("--tag names runs to train; --report-only reads every tagged run in --results-dir")
@@ -241,11 +246,12 @@ def table_rows(args: argparse.Namespace, found: dict, starts: dict) -> list:
         rows.append(("teacher (ITC top-16 + ITM re-rank)", {k: f"{found['teacher'][0][k]:.1f}" for k in COLUMNS}))
     if found["teacher_itc"]:
         rows.append(("teacher's ITC half alone", {k: f"{found['teacher_itc'][0][k]:.1f}" for k in COLUMNS}))
-    for family in (DENSE_RECIPES, SPARSE_RECIPES):
+    for family in (DENSE_RECIPES, SPARSE_RECIPES, LATE_RECIPES):
         family_runs = {RECIPES[r]: found["student"][RECIPES[r]] for r in family if RECIPES[r] in found["student"]}
         starting_student = starts.get(starting_recipe(family[0]), (None, None))[1]
         if starting_student is not None and family_runs:
-            kind = "sparse starting student" if family is SPARSE_RECIPES else "starting student"
+            kind = {id(SPARSE_RECIPES): "sparse starting student",
+                    id(LATE_RECIPES): "late-interaction starting student"}.get(id(family), "starting student")
             rows.append((f"{kind} (InfoNCE, {args.pretrain_steps} steps)",
                          {k: f"{starting_student[k]:.1f}" for k in COLUMNS}))
         rows.extend(mean_std_rows(family_runs))

@@ -120,7 +120,9 @@ def binding_accuracy(model, data, anchors: int) -> dict[str, dict[str, float]]:
         for captions in ([true for _, true, _ in kept], [swap for _, _, swap in kept]):
             encoded = data.tokenizer(captions, padding=True, return_tensors="pt")
             b = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-            row = {"student": (student_images * student.encode_b(b)).sum(-1)}
+            captions_b = student.encode_b(b)
+            paired = getattr(student, "score_pairs", None)  # a late-interaction student scores its token sets
+            row = {"student": paired(student_images, captions_b) if paired else (student_images * captions_b).sum(-1)}
             if teacher is not None:
                 text_tokens = teacher.encode_text_tokens(b["input_ids"], b["attention_mask"])
                 itm = teacher.itm_logit(image_tokens, text_tokens, b["attention_mask"])

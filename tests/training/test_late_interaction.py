@@ -203,3 +203,40 @@ def test_two_processes_match_one_process_at_twice_the_batch(tmp_path: Path) -> N
         assert set(result["grads"]) == set(reference)
         for name, grad in reference.items():
             assert torch.allclose(result["grads"][name], grad, rtol=0, atol=1e-8), (mode, name)
+
+
+GRID_TINY = ["--data.init_args.num_train=48", "--data.init_args.num_val=8", "--data.init_args.num_test=8",
+             "--data.init_args.batch_size=16", "--data.init_args.eval_batch_size=16", "--data.init_args.image_size=32"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:student/teacher scale mismatch")  # a random tiny teacher scores alike
+def test_late_grid_recipes_fit_live_and_from_a_pooled_students_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """grid-late-cprd-kl.yaml: one fast_dev_run step (validation ranks the token embeddings); then the cache of
+    grid-cached-cprd-kl.yaml (mined by the pooled student) feeds grid-late-cached-cprd-kl.yaml without a teacher
+    call; mining with the late student is one error line."""
+    from distill.cli.cache_teacher import main as cache_main
+    from tests.helpers import DEMO, error_line, fit_and_check
+
+    monkeypatch.chdir(tmp_path)
+    teacher = ShapesCrossEncoder(towers="student", image_size=32, max_length=40, embed_dim=64, width=32, heads=2,
+                                 text_layers=1, image_channels=(8, 16, 16, 32), text_intermediate=64,
+                                 fusion_layers=1, fusion_stage=3, fusion_raw=True, mlp_ratio=2)
+    weights = f"--model.init_args.teacher.init_args.weights={teacher.save_pretrained(tmp_path / 'teacher')}"
+    run = ["--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    cli = fit_and_check(["--config", str(DEMO / "grid-late-cprd-kl.yaml"), *GRID_TINY, weights, *run])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["train/teacher_pairs"]) > 0 and 0.0 <= float(metrics["val/rsum"]) <= 600.0
+
+    data = [arg.replace("--data.init_args.", "--data.init_args.data.init_args.") for arg in GRID_TINY]
+    cache = f"--model.init_args.candidates.init_args.path={tmp_path / 'cache'}"
+    cache_main(["--config", str(DEMO / "grid-cached-cprd-kl.yaml"), *data, weights, cache, "--k", "8", "--no-progress"])
+    cli = fit_and_check(["--config", str(DEMO / "grid-late-cached-cprd-kl.yaml"), *data, weights, cache, *run])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["train/teacher_pairs_total"]) == 0.0 and float(metrics["train/cached_negatives_a2b"]) >= 1.0
+
+    line = error_line(capsys, ["cache-teacher", "--config", str(DEMO / "grid-late-cached-cprd-kl.yaml"), *data, weights,
+                               f"--model.init_args.candidates.init_args.path={tmp_path / 'late-cache'}", "--k", "8",
+                               "--no-progress"])
+    assert "late-interaction student's token embeddings" in line and "pooled student preset" in line
