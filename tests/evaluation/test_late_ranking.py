@@ -45,7 +45,8 @@ def test_token_table_keeps_valid_tokens_only_and_gives_them_back() -> None:
     assert torch.equal(picked.lengths, lengths[[4, 0, 6]])
     for position, row in enumerate((4, 0, 6)):
         count = int(lengths[row])
-        assert torch.equal(picked.block(position, position + 1).tokens[0, :count], table.block(row, row + 1).tokens[0, :count])
+        got = picked.block(position, position + 1).tokens[0, :count]
+        assert torch.equal(got, table.block(row, row + 1).tokens[0, :count])
     assert torch.equal(table[lengths > 2].lengths, lengths[lengths > 2])
 
 
