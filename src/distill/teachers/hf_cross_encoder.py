@@ -138,6 +138,9 @@ class TextCrossEncoderTeacher(Teacher):
         max_length: longest joint sequence (capped by the model's position embeddings).
         label_index: which output logit is the relevance score (0 for one-logit re-rankers).
         trust_remote_code: allow a model folder's own Python code (off unless a recipe sets it).
+        tokens_per_forward: the most tokens (pairs x the longest joined pair) one model forward reads; the
+            pairs a :meth:`score` call receives (``teacher_max_pairs`` of them) are sorted by length and run
+            in forwards of this size.
 
     Inputs: ``a`` and ``b`` hold ``text_ids`` / ``text_mask`` ``[N, L]`` (see the module docstring).
     """
@@ -145,8 +148,11 @@ class TextCrossEncoderTeacher(Teacher):
     has_embeddings = False
 
     def __init__(self, pretrained: str, max_length: int = 512, label_index: int = 0,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, tokens_per_forward: int = 8192) -> None:
         super().__init__()
+        if tokens_per_forward < 1:
+            raise ValueError(f"tokens_per_forward must be >= 1, got {tokens_per_forward}")
+        self.tokens_per_forward = tokens_per_forward
         from transformers import AutoModelForSequenceClassification
 
         field = "model.init_args.teacher.init_args.pretrained (TextCrossEncoderTeacher)"
@@ -181,7 +187,25 @@ class TextCrossEncoderTeacher(Teacher):
 
     @torch.no_grad()
     def score(self, a: Inputs, b: Inputs) -> Tensor:
-        return self.model(**self.join(a, b)).logits[:, self.label_index].float()
+        """Logits ``[N]`` of the aligned pairs, in their order.
+
+        The joined pairs are sorted by length and cut into forwards of at most ``tokens_per_forward`` tokens
+        (rows x the longest pair of the forward), each padded to its own longest pair: pairs of mixed lengths
+        are not all padded to the longest one. Padding is masked, so each score is the pair's score alone.
+        """
+        inputs = self.join(a, b)
+        lengths = inputs["attention_mask"].sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        sorted_lengths = lengths[order].tolist()  # longest first
+        scores = torch.empty(len(sorted_lengths), dtype=torch.float32, device=lengths.device)
+        first = 0
+        while first < len(sorted_lengths):
+            longest = max(int(sorted_lengths[first]), 1)
+            rows = order[first:first + max(1, self.tokens_per_forward // longest)]
+            part = {key: value[rows, :longest] for key, value in inputs.items()}
+            scores[rows] = self.model(**part).logits[:, self.label_index].float()
+            first += int(rows.numel())
+        return scores
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "pretrained": self.pretrained, "max_length": self.max_length,

@@ -80,17 +80,38 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
 def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side: str, max_length: int,
                  chunk_size: int = 256, progress: bool = False) -> Iterator[Tensor]:
     """``student.encode_<side>`` of ``texts``, ``chunk_size`` at a time: yields each chunk's ``[n, D]`` float32
-    (on the CPU) as it is encoded, so a caller keeps only what it makes of them (a filled array, sparse rows).
-    ``progress``: a bar on a terminal, a line every 30 s otherwise (:func:`distill.progress.progress`)."""
+    (on the CPU, in the order of ``texts``) as it is encoded, so a caller keeps only what it makes of them (a
+    filled array, sparse rows). ``progress``: a bar on a terminal, a line every 30 s otherwise
+    (:func:`distill.progress.progress`).
+
+    Within a chunk the texts are sorted by token count and cut into forwards of at most 8,192 tokens
+    (rows x the longest row, and at most ``chunk_size`` rows), each padded to its own longest text, so a
+    chunk mixing short and long texts does not pad every row to the longest one; each row's vector is what
+    it would be alone (padding is masked), and the rows come back in their original order.
+    """
     from distill.progress import progress as progress_bar
 
+    tokens_per_forward = 8192
     encode = getattr(student, f"encode_{side}")
     with progress_bar(len(texts), f"encoding {side}", "texts", enabled=progress) as bar:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start:start + chunk_size]
-            with torch.no_grad():
-                encoded = encode(tokenize(tokenizer, chunk, max_length)).float().cpu()
-            yield encoded
+            batch = tokenize(tokenizer, chunk, max_length)  # [n, L] right-padded to the chunk's longest
+            lengths = batch["attention_mask"].sum(1)
+            order = torch.argsort(lengths, descending=True, stable=True)
+            sorted_lengths = lengths[order].tolist()  # longest first
+            encoded: Tensor | None = None
+            first = 0
+            while first < len(chunk):
+                longest = max(int(sorted_lengths[first]), 1)
+                rows = order[first:first + max(1, min(chunk_size, tokens_per_forward // longest))]
+                with torch.inference_mode():
+                    part = encode({key: value[rows, :longest] for key, value in batch.items()}).float().cpu()
+                if encoded is None:
+                    encoded = torch.empty((len(chunk), *part.shape[1:]), dtype=torch.float32)
+                encoded[rows] = part
+                first += len(rows)
+            yield encoded if encoded is not None else torch.zeros(0)
             bar.update(len(chunk))
 
 
