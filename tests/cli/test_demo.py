@@ -20,12 +20,12 @@ def test_demo_smoke_trains_teacher_then_students(tmp_path: Path, capsys: pytest.
     assert (teacher_dir / "model.safetensors").is_file() and (teacher_dir / "config.json").is_file()
     table = markdown.read_text()
     for row in ("teacher: ITC top-16 + ITM re-rank", "teacher: ITC only", "student: InfoNCE only",
-                "student: InfoNCE + CPRD", "two-stage"):
+                "student: InfoNCE + CPRD + KL", "two-stage"):
         assert row in table
     out = capsys.readouterr().out
     assert "RSUM" in out
     for stage in ("[demo 1/4] training the teacher", "[demo 2/4] training the starting student",
-                  "[demo 3/4] training student: InfoNCE only", "[demo 4/4] training student: InfoNCE + CPRD"):
+                  "[demo 3/4] training student: InfoNCE only", "[demo 4/4] training student: InfoNCE + CPRD + KL"):
         assert stage in out
     assert f"tensorboard --logdir {runs}" in out
     export_line = next(line for line in out.splitlines() if "python -m distill export --ckpt" in line)

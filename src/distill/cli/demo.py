@@ -5,7 +5,8 @@
    dual encoder of the student's size) and ITC top-16 re-ranked by its cross-attention (ITM) head;
 2. the starting student: InfoNCE alone for ``PRETRAIN_STEPS`` steps;
 3. the InfoNCE-only student: ``STEPS`` more InfoNCE steps from the starting student;
-4. the distilled student: ``STEPS`` steps of the suite's CPRD recipe from the same start,
+4. the distilled student: ``STEPS`` steps of the suite's distillation recipe (grid: CPRD + logit KL, the best
+   recipe of the loss study at 150 steps; row: CPRD) from the same start,
    then its top-16 re-ranked by the teacher (two-stage).
 
 Each stage prints a header with an estimate of the time the demo has left, measured as it goes; the end
@@ -51,7 +52,7 @@ class Suite:
 
 SUITES = {
     "grid": Suite("grid", "grid-teacher.yaml", "artifacts/shapes-grid-teacher", "configs/demo/data-grid.yaml",
-                  "grid-infonce.yaml", "grid-cprd.yaml", "InfoNCE + CPRD",
+                  "grid-infonce.yaml", "grid-cprd-kl.yaml", "InfoNCE + CPRD + KL",
                   {"teacher": 40, "retrain": 1250, "start": 60, "infonce": 35, "distilled": 120},
                   "teacher: ITC only (its dual-encoder half: the student's towers)"),
     "row": Suite("row", "shapes-teacher.yaml", "artifacts/shapes-teacher", "configs/demo/data.yaml",
