@@ -22,10 +22,12 @@ ALLOWED: dict[str, set[str]] = {
     "teachers": set(),
     "students": set(),
     "data": set(),
-    "evaluation": {"data", "teachers"},
+    # evaluation ranks by the student's own similarity (late interaction): it reads the students' embedding types
+    "evaluation": {"data", "teachers", "students"},
     "cache": {"data", "teachers", "evaluation"},
     "training": {"data", "teachers", "students", "losses", "evaluation", "cache"},
-    "serving": {"data", "teachers", "students"},
+    # late-interaction search re-scores candidates with evaluation's chunked ranking and its tie order
+    "serving": {"data", "teachers", "students", "evaluation"},
     "cli": {"data", "teachers", "students", "losses", "evaluation", "cache", "training", "serving"},
 }
 
