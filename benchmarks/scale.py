@@ -73,6 +73,7 @@ MiB = 2 ** 20
 COCO = dict(train_images=113_287, val_images=5_000, captions_per_image=5)
 FLICKR = dict(train_images=29_000, captions_per_image=5)
 MSMARCO = dict(passages=8_841_823, train_pairs=532_761)
+INDEX_DIM = 384  # all-MiniLM-L6-v2's embedding width: the vectors `distill index` of MS MARCO holds
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -85,6 +86,9 @@ class Sizes:
     growth_images: tuple[int, ...] = (500, 1_000, 2_000)  # tiny towers, the real embedding width and dtype
     scale_images: tuple[int, ...] = (1_250, 2_500, 5_000)
     corpus: tuple[int, ...] = (100_000, 1_000_000)
+    index: tuple[int, ...] = (20_000, 50_000, 100_000)  # `distill index`, streamed: passages per build
+    index_vectors: tuple[int, ...] = (100_000, 200_000, 400_000)  # the FAISS build alone, synthetic D=384 vectors
+    index_chunk: tuple[int, int] = (256, 256)  # the encoding chunk of the MiniLM measurement: passages, tokens
     queries: int = 1_000
     train_images: int = 16
     coco_step: tuple[int, int] = (8, 4)  # B, K of the CPU training step (the recipe's 64, 16 take ~15 min here)
@@ -100,10 +104,10 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(tiny=True, val_images=(8,), growth_images=(8, 16), scale_images=(100, 200), corpus=(1_000, 2_000),
-              queries=40, train_images=8, coco_step=(4, 2), blip_images=(1, 2), blip_pairs=(2, 4), vilt_pairs=(1, 2),
+              index=(300, 600), index_vectors=(300, 600), index_chunk=(4, 32), queries=40, train_images=8, coco_step=(4, 2), blip_images=(1, 2), blip_pairs=(2, 4), vilt_pairs=(1, 2),
               ce_pairs=(2, 4), clip_batch=(2, 4), minilm_batch=(2, 4),
               skip=("chunks/vilt", "chunks/cross_encoder", "student/minilm", "train/msmarco", "validation/real",
-                    "evaluator/val", "index/2000", "index/1000/wide"))
+                    "evaluator/val"))
 
 # Shapes of one unit of work per architecture: image side in pixels, text lengths in tokens.
 REAL_SHAPES = dict(blip_image=384, blip_text=35, vilt_canvas=640, vilt_image=(384, 512), vilt_text=40,
@@ -118,7 +122,7 @@ def gpu_sizes(settings: Mapping[str, Mapping[str, Any]]) -> Sizes:
     measurements that use no device (evaluator, corpus, index) are left to the CPU run."""
     coco, flickr, marco = settings["coco"], settings["flickr"], settings["msmarco"]
     return Sizes(val_images=(800,), growth_images=(), diagnostic_anchors=256, coco_step=(coco["batch"], coco["k"]),
-                 train_images=coco["batch"], corpus=(10_000,), skip=("evaluator/", "corpus/", "index/"),
+                 train_images=coco["batch"], corpus=(10_000,), skip=("evaluator/", "corpus/", "index"),
                  blip_images=(64, 256), blip_pairs=(coco["max_pairs"] // 2, coco["max_pairs"]),
                  vilt_pairs=(flickr["max_pairs"] // 2, flickr["max_pairs"]),
                  ce_pairs=(marco["max_pairs"] // 2, marco["max_pairs"]), clip_batch=(coco["batch"] // 2, coco["batch"]),
@@ -517,13 +521,21 @@ class IdStore:
 
 
 class CorpusTexts:
-    """A data-module stand-in with the ``b_texts(split)`` hook that ``distill index`` reads, over one corpus."""
+    """A data-module stand-in with the ``b_texts(split)`` hook that ``distill index`` reads: the passages of a BEIR
+    ``corpus.jsonl``, read line by line from the file as the build asks for them, never all held."""
 
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
+    def __init__(self, corpus: Path) -> None:
+        self.corpus = corpus
+        with open(corpus, "rb") as handle:
+            self.count = sum(1 for line in handle if line.strip())
+
+    def __len__(self) -> int:
+        return self.count
 
     def b_texts(self, split: str) -> Iterator[tuple[int, int, str]]:
-        return ((row, row, text) for row, text in enumerate(self.texts))
+        with open(self.corpus, encoding="utf-8") as handle:
+            rows = (json.loads(line)["text"] for line in handle if line.strip())
+            yield from ((row, row, text) for row, text in enumerate(rows))
 
 
 def step_pair_structure(batch: int, k: int, max_pairs: int, dim: int = 64, seed: int = 0) -> dict[str, int]:
@@ -886,10 +898,11 @@ def measure_corpus(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_index(p: dict[str, Any]) -> dict[str, Any]:
-    """``distill index`` (:func:`distill.serving.index.folder.build_index`) of a synthetic corpus with the small
-    encoder, exported first; the texts come through the ``b_texts`` hook."""
+    """``distill index`` (:func:`distill.serving.index.folder.build_index`, the default FAISS flat backend) of a
+    synthetic corpus with the small encoder, exported first; the passages come one at a time through the ``b_texts``
+    hook. Two phases: items and encoding (up to the backend build), then the backend build and the manifest."""
     from distill.serving.export import export_student
-    from distill.serving.index.folder import build_index
+    from distill.serving.index import folder
     from distill.students import TextDualEncoder
 
     work = Path(p["work"])
@@ -897,20 +910,83 @@ def measure_index(p: dict[str, Any]) -> dict[str, Any]:
     spec = {"class_path": "distill.students.TextDualEncoder", "init_args": {"config": config, "pooling": "mean"}}
     export_student(TextDualEncoder(config=config), work / "student", student_spec=spec,
                    datamodule=SimpleNamespace(tokenizer=_tokenizer(), max_length=256), onnx=False)
+    data = CorpusTexts(Path(p["beir"]) / "corpus.jsonl")
+    phases: dict[str, Any] = {}
+    build_backend = folder._build_backend
+
+    def phased(*args: Any, **kwargs: Any) -> Any:
+        phases["encode"] = probe.block()
+        phases["after_encode"], phases["after_encode_anon"] = probe.rss(), _status("RssAnon")
+        probe.reset()
+        return build_backend(*args, **kwargs)
+
+    folder._build_backend = phased
+    gc.collect()
+    try:
+        with MemoryProbe() as probe:
+            before, before_anon = probe.rss(), _status("RssAnon")
+            started = time.process_time()
+            folder.build_index(work / "student", data, "test", work / "index", progress=False)
+            phases["backend"] = probe.block()
+    finally:
+        folder._build_backend = build_backend
+    meta = json.loads((work / "index" / "index.json").read_text())
+    return {"passages": len(data), "before": before, "before_anon": before_anon, **phases,
+            "index_bytes": folder_bytes(work / "index"), "backend_bytes": meta["bytes"], "backend_name": meta["backend"],
+            "cpu_seconds": time.process_time() - started, "dim": config["hidden_size"]}
+
+
+def measure_index_vectors(p: dict[str, Any]) -> dict[str, Any]:
+    """The FAISS flat build of ``distill index`` from synthetic float16 vectors of the real width (D=384,
+    all-MiniLM-L6-v2's) in the ``.npy`` file encoding streams to: blocks read from the file, the float16 codes
+    allocated once (:meth:`FaissIndex.build`), then written with ``faiss.write_index``."""
+    from distill.serving.index import BackendSettings
+    from distill.serving.index.faiss_backend import FaissIndex
+    from distill.serving.index.vectors import VectorWriter
+
+    work, rows, dim = Path(p["work"]), int(p["passages"]), int(p["dim"])
+    rng = np.random.default_rng(0)
+    with VectorWriter(work / "vectors.npy", rows, dim) as writer:
+        for start in range(0, rows, 65536):
+            block = rng.standard_normal((min(65536, rows - start), dim)).astype(np.float32)
+            writer.append(block / np.linalg.norm(block, axis=1, keepdims=True))
+        writer.close()
+    (work / "index").mkdir()
     gc.collect()
     with MemoryProbe() as probe:
         before = probe.rss()
-        with open(Path(p["beir"]) / "corpus.jsonl") as handle:
-            texts = [json.loads(line)["text"] for line in handle]
-        read = probe.block()
-        after_read = probe.rss()
-        probe.reset()
         started = time.process_time()
-        build_index(work / "student", CorpusTexts(texts), "test", work / "index", progress=False)
-        build = probe.block()
-    return {"passages": len(texts), "text_chars": sum(len(t) for t in texts), "before": before, "read": read,
-            "after_read": after_read, "build": build, "index_bytes": folder_bytes(work / "index"),
-            "cpu_seconds": time.process_time() - started, "dim": config["hidden_size"]}
+        index = FaissIndex.build(work / "vectors.npy", BackendSettings(backend="faiss").resolve("dense"))
+        built = probe.block()
+        index.save(work / "index")
+        saved = probe.block()
+    return {"passages": rows, "dim": dim, "before": before, "build": built, "save": saved,
+            "index_bytes": index.nbytes, "file_bytes": (work / "vectors.npy").stat().st_size,
+            "cpu_seconds": time.process_time() - started}
+
+
+def measure_index_encoder(p: dict[str, Any]) -> dict[str, Any]:
+    """One encoding chunk of ``distill index`` with the real all-MiniLM-L6-v2 student: ``encode_texts`` of
+    ``chunk`` passages truncated to ``tokens`` tokens (the MS MARCO recipe's passage length), peak above the loaded
+    weights."""
+    from distill.pretrained import minilm_path
+    from distill.serving.index.corpus import encode_texts
+    from distill.students import TextDualEncoder
+
+    chunk, tokens = p["chunk"]
+    student = TextDualEncoder(pretrained=minilm_path()).eval()
+    touch(student)
+    tokenizer = _tokenizer()
+    words = " ".join(WORDS * 4)
+    texts = [f"{row} {words}" for row in range(chunk)]
+    gc.collect()
+    with MemoryProbe() as probe:
+        before = probe.rss()
+        started = time.process_time()
+        out = [block.shape for block in encode_texts(student, tokenizer, texts, "b", tokens, chunk)]
+        encode = probe.block()
+    return {"chunk": chunk, "tokens": tokens, "before": before, "encode": encode, "shapes": [list(s) for s in out],
+            "params": _params(student), "cpu_seconds": time.process_time() - started}
 
 
 def _precision_rows(name: str, teacher: torch.nn.Module, a: Any, b: Any, anchors: int, device: Device) -> list[dict]:
@@ -978,6 +1054,7 @@ MEASUREMENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "architectures": measure_architectures, "teacher_chunks": measure_teacher_chunks,
     "student_step": measure_student_step, "train_step": measure_train_step, "validation": measure_validation,
     "evaluator": measure_evaluator, "corpus": measure_corpus, "index": measure_index, "precision": measure_precision,
+    "index_vectors": measure_index_vectors, "index_encoder": measure_index_encoder,
 }
 
 
@@ -1019,10 +1096,12 @@ def plan_jobs(sizes: Sizes, base: dict[str, Any], settings: Mapping[str, Mapping
                             {**base, "images": images, "stage": stage, "dim": dim, "settings": dict(settings["coco"])}))
     for passages, beir in zip(sizes.corpus, base["beirs"], strict=True):
         jobs.append(Job(f"corpus/{passages}", "corpus", {**base, "beir": beir, "passages": passages}))
+    for passages, beir in zip(sizes.index, base["index_beirs"], strict=True):
         jobs.append(Job(f"index/{passages}", "index", {**base, "beir": beir, "passages": passages}))
-    wide = dict(base["shapes"], small_encoder_width=2 * base["shapes"]["small_encoder_width"])
-    jobs.append(Job(f"index/{sizes.corpus[0]}/wide", "index", {**base, "beir": base["beirs"][0], "shapes": wide,
-                                                             "passages": sizes.corpus[0]}))  # bytes per dimension
+    for passages in sizes.index_vectors:  # sizes well above the 16,384-row blocks the build reads
+        jobs.append(Job(f"index-vectors/{passages}", "index_vectors", {**base, "passages": passages,
+                                                                        "dim": INDEX_DIM}))
+    jobs.append(Job("index-encoder", "index_encoder", {**base, "chunk": list(sizes.index_chunk)}))
     return [job for job in jobs if not job.key.startswith(sizes.skip)]
 
 
@@ -1082,9 +1161,11 @@ def prepare(sizes: Sizes, scratch: Path, device: str) -> dict[str, Any]:
         scratch / "coco-tiny", max(sizes.growth_images, default=1), sizes.train_images, True).items()})
     beirs = [_once(scratch / f"beir-{n}", lambda n=n: str(write_beir(scratch / f"beir-{n}", n, sizes.queries)))
              for n in sizes.corpus]
+    index_beirs = [_once(scratch / f"beir-{n}", lambda n=n: str(write_beir(scratch / f"beir-{n}", n, sizes.queries)))
+                   for n in sizes.index]
     print(f"prepared models and data in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return {"models": models, "data": data, "beirs": beirs, "shapes": TINY_SHAPES if sizes.tiny else REAL_SHAPES,
-            "tiny": sizes.tiny, "device": device, "diagnostic_anchors": sizes.diagnostic_anchors,
+            "index_beirs": index_beirs, "tiny": sizes.tiny, "device": device, "diagnostic_anchors": sizes.diagnostic_anchors,
             "precision_anchors": 8 if sizes.tiny else 32, "scratch": str(scratch),
             "tiny_models": tiny_models, "tiny_data": tiny_data}
 
@@ -1218,9 +1299,6 @@ def memory_table(results: Mapping[str, Any], d: Derived) -> list[str]:
     for r in runs(results, "corpus/", "passages"):
         row("validation, MS MARCO recipe, small encoder, embeddings memory-mapped", f"{_n(r['passages'])} passages",
             peak_of(r, "setup", "encode", "compute"), r["before"], anon_of(r, "setup", "encode", "compute"))
-    for r in runs(results, "index/", "passages"):
-        row(f"`distill index`, small encoder (D={r['dim']})", f"{_n(r['passages'])} passages",
-            peak_of(r, "read", "build"), r["before"], anon_of(r, "read", "build"))
     for key, name in (("train/coco", "training step, COCO recipe"), ("train/msmarco", "training step, MS MARCO recipe")):
         if key in results:
             r = results[key]
@@ -1287,23 +1365,87 @@ def growth_lines(results: Mapping[str, Any], settings: Mapping[str, Any], d: Der
                    f"{_n(evaluation)} bytes of anonymous memory added by the evaluation (embeddings streamed to "
                    f"disk: {corpus[0]['dim']} x 2 bytes per passage in the file); {_n(total)} bytes of peak RSS in all, which "
                    "counts the memory-mapped file's pages once ranking reads them.")
-    index = [r for r in runs(results, "index/", "passages")]
-    narrow = [r for r in index if r["dim"] == min(x["dim"] for x in index)]
-    if len(narrow) >= 2:
-        build = line_fit([(r["passages"], r["build"]["peak"] - r["after_read"]) for r in narrow])[0]
-        wide = [r for r in index if r["dim"] != narrow[0]["dim"]]
-        per_dim = 0.0
-        if wide:
-            same = next(r for r in narrow if r["passages"] == wide[0]["passages"])
-            per_dim = ((wide[0]["build"]["peak"] - wide[0]["after_read"]) - (same["build"]["peak"] - same["after_read"])) \
-                / wide[0]["passages"] / (wide[0]["dim"] - same["dim"])
-        d.values.update(index_growth=build, index_per_dim=per_dim, index_dim=narrow[0]["dim"])
-        out.append(f"- `distill index`, per passage: {_n(build)} bytes at D={narrow[0]['dim']} while building, on top "
-                   f"of the texts it was given; {per_dim:,.1f} bytes per passage per embedding dimension "
-                   f"(D={narrow[0]['dim']} vs {wide[0]['dim'] if wide else '-'}), i.e. {per_dim / 4:,.1f} float32 "
-                   f"copies of the embeddings. The index folder: {_n(narrow[-1]['index_bytes'] / narrow[-1]['passages'])} "
-                   "bytes per passage.")
     return out
+
+
+def index_lines(results: Mapping[str, Any]) -> list[str]:
+    """``distill index`` streamed: measured peaks per phase and size, growth per passage, and the projection to MS
+    MARCO with all-MiniLM-L6-v2 (8.8M x 384 float16 vectors)."""
+    builds, vectors = runs(results, "index/", "passages"), runs(results, "index-vectors/", "passages")
+    encoder = results.get("index-encoder")
+    if not builds and not vectors:
+        return []
+    meta = results.get("meta", {})
+    lines = ["### `distill index` at MS MARCO size: streamed, in bounded memory", "",
+             f"Command: `{meta.get('index_command', 'OMP_NUM_THREADS=1 python benchmarks/scale.py --only index')}` "
+             f"({meta.get('index_seconds', 0) / 60:,.0f} min).", "",
+             "How: each build runs in its own process (peaks as above). `distill index` of a synthetic BEIR corpus "
+             "(55-word passages, read line by line from `corpus.jsonl` through the `b_texts` hook) "
+             "with the small encoder (one BERT layer, D=64, random weights) and the default backend, FAISS flat: "
+             "phase 1 writes the items to the item table (twice: as read, then in tie order) and encodes them 256 at a "
+             "time into the float16 vector file; phase 2 builds the index from that file in blocks of 16,384 rows and "
+             "writes the manifest. 'FAISS flat, D=384' builds the backend alone from synthetic float16 vectors of "
+             "all-MiniLM-L6-v2's width in the same file format. 'one encoding chunk' is `encode_texts` of one chunk "
+             "with the real all-MiniLM-L6-v2 weights, its passages truncated at the recipe's 256 tokens.", "",
+             "| measurement | size | peak RSS MiB | above start MiB | peak anonymous MiB |", "|---|---|---|---|---|"]
+
+    def row(name: str, size: str, block: Mapping[str, int], start: int) -> None:
+        lines.append(f"| {name} | {size} | {_mib(block['peak'])} | {_mib(block['peak'] - start)} | "
+                     f"{_mib(block['peak_anon'])} |")
+
+    for r in builds:
+        row(f"`distill index`, small encoder (D={r['dim']}), phase 1: items + encoding", f"{_n(r['passages'])} passages",
+            r["encode"], r["before"])
+        row(f"`distill index`, small encoder (D={r['dim']}), phase 2: FAISS flat build + manifest",
+            f"{_n(r['passages'])} passages", r["backend"], r["before"])
+    for r in vectors:
+        row(f"FAISS flat (float16 codes) from the vector file, D={r['dim']}", f"{_n(r['passages'])} passages",
+            {key: max(r["build"][key], r["save"][key]) for key in ("peak", "peak_anon")}, r["before"])
+    if encoder:
+        row(f"one encoding chunk, all-MiniLM-L6-v2 ({encoder['params'] / 1e6:.1f}M parameters)",
+            f"{encoder['chunk']} passages x {encoder['tokens']} tokens", encoder["encode"], encoder["before"])
+    lines.append("")
+    n, dim = MSMARCO["passages"], INDEX_DIM
+    if len(builds) >= 2:
+        small = builds[0]["dim"]
+        encode, encode_0 = line_fit([(r["passages"], r["encode"]["peak"] - r["before"]) for r in builds])
+        encode_anon = line_fit([(r["passages"], r["encode"]["peak_anon"] - r["before_anon"]) for r in builds])[0]
+        backend, backend_0 = line_fit([(r["passages"], r["backend"]["peak"] - r["before"]) for r in builds])
+        folder = builds[-1]["index_bytes"] / builds[-1]["passages"]
+        lines.append(f"- **Growth per passage, phase 1 (items + encoding): {_n(encode)} bytes of peak RSS "
+                     f"({_n(encode_anon)} anonymous)**, over {_n(builds[0]['passages'])}-{_n(builds[-1]['passages'])} "
+                     "passages: the item table's row arrays while they are written (line offset, id, tie order) and "
+                     f"nothing per passage of the texts or the vectors, which go to disk as they come. **Phase 2 (FAISS "
+                     f"flat build): {_n(backend)} bytes per passage** at D={small}, against {small} x 2 = {small * 2} "
+                     f"bytes of float16 codes. The folder: {_n(folder)} bytes per passage (the item table, the FAISS "
+                     "codes, the manifest).")
+        if len(vectors) >= 2:
+            per_vector = line_fit([(r["passages"], max(r["build"]["peak"], r["save"]["peak"]) - r["before"])
+                                   for r in vectors])[0]
+            lines.append(f"- FAISS flat from the vector file at D={dim}: {_n(per_vector)} bytes per passage of peak "
+                         f"RSS, against {dim} x 2 = {dim * 2} bytes of float16 codes: the vectors are held once (the "
+                         "codes allocated at their final size; the file is read in blocks of 16,384 rows).")
+        else:
+            per_vector = backend + 2 * (dim - small)
+        weights = (encoder or {}).get("params", 22_713_216) * 4
+        chunk = (encoder["encode"]["peak"] - encoder["before"]) if encoder else 0
+        base = builds[-1]["before"]
+        phase1 = base + encode_0 + encode * n + weights + chunk
+        phase2 = base + backend_0 + (backend - 2 * small) * n + per_vector * n
+        lines.append(f"- **Projection, `distill index` of MS MARCO ({n:,} passages) with all-MiniLM-L6-v2 "
+                     f"(D={dim}, default FAISS flat backend):** phase 1: {_mib(base)} MiB (process) + "
+                     f"{_mib(encode_0)} MiB (fit intercept: student, tokenizer) + {_n(encode)} x N = "
+                     f"{_gib(encode * n)} GiB (item rows) + {_mib(weights)} MiB (MiniLM weights, fp32) + "
+                     f"{_mib(chunk)} MiB (one chunk's activations) = {_gib(phase1)} GiB; phase 2: {_mib(base)} MiB + "
+                     f"{_mib(backend_0)} MiB + ({_n(backend - 2 * small)} + {_n(per_vector)}) x N = {_gib(phase2)} GiB "
+                     f"(the float16 codes are {_gib(n * dim * 2)} GiB of it). **Peak: {_gib(max(phase1, phase2))} GiB "
+                     f"of host memory**, the texts included (read from the data as the build goes, never all held), "
+                     "against 46.6 GiB + 4.6 GiB of texts projected for the whole-corpus build this replaced. The "
+                     "numpy backend builds nothing (it serves the vector file, memory-mapped, as `dense.npy`): its "
+                     f"peak is phase 1's. On disk: the vector file {_gib(n * dim * 2)} GiB while building (moved into "
+                     "place for numpy, removed for FAISS) and the item table (the texts as JSON lines plus "
+                     f"{_n(folder - 2 * small)} bytes per passage here, the texts included).")
+    return lines
 
 
 def teacher_memory_lines(results: Mapping[str, Any], settings: Mapping[str, Any], d: Derived) -> list[str]:
@@ -1438,13 +1580,6 @@ def host_projection_lines(results: Mapping[str, Any], settings: Mapping[str, Any
                    f"{_gib(base + text + evaluation)} GiB** anonymous memory; the passage embeddings "
                    f"({n:,} x {dim} x 2 bytes = {_gib(n * dim * 2)} GiB) stay in the memory-mapped file "
                    "(`embeddings_dir`), read through the page cache.")
-    if "index_growth" in d.values:
-        n, dim = MSMARCO["passages"], 384
-        per = d.values["index_growth"] + d.values["index_per_dim"] * (dim - d.values["index_dim"])
-        text = d.values.get("corpus_text", 0)
-        out.append(f"- `distill index` of MS MARCO with all-MiniLM-L6-v2 (D={dim}): ({_n(d.values['index_growth'])} + "
-                   f"{d.values['index_per_dim']:,.1f} x ({dim} - {d.values['index_dim']:.0f})) bytes x N = "
-                   f"{_gib(per * n)} GiB while building, plus the texts it is given (~{_gib(text * n)} GiB).")
     return out
 
 
@@ -1578,6 +1713,9 @@ def render(results: Mapping[str, Any], settings: Mapping[str, Any], tflops: floa
               "(the recipe's B=64, K=16 would take ~15 min of BLIP here) and is projected to the recipe's B and K "
               "below.", "", "### Measured host memory", ""]
     lines += memory_table(results, d) + [""] + growth_lines(results, settings, d)
+    index = index_lines(results)
+    if index:
+        lines += ["", "<!-- scale-index:start -->", *index, "<!-- scale-index:end -->"]
     if meta.get("device", "cpu") != "cpu":
         lines += ["", "### Measured on the device", ""] + device_lines(results)
     if "architectures" in results:
@@ -1694,6 +1832,11 @@ def measure(args: argparse.Namespace, sizes: Sizes, settings: Mapping[str, Mappi
                  "sizes": {key: getattr(sizes, key) for key in sizes.__dataclass_fields__}})
     if not args.only:
         meta["seconds"] = time.perf_counter() - started
+    if not args.only or all(prefix.startswith("index") for prefix in args.only):
+        meta.update(index_command=command_line(args) + " --only index" +
+                    (f" --results {args.results}" if args.results else ""), index_seconds=sum(
+            value.get("job_seconds", 0) for key, value in results.items() if key.startswith("index")
+            and isinstance(value, dict)))
     structure = {name: step_pair_structure(settings[name]["batch"], settings[name]["k"], settings[name]["max_pairs"])
                  for name in ("coco", "flickr")}
     results["structure"] = structure
@@ -1716,10 +1859,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = json.loads(results_path.read_text())
     if not args.report_only:
         measure(args, sizes, settings, results, results_path)
-    section = render(results, settings, args.sustained_tflops)
-    print(section)
     from distill.cli.report import update_markdown_section
 
+    if args.only and all(prefix.startswith("index") for prefix in args.only) and "architectures" not in results:
+        block = "\n".join(index_lines(results))  # the index sub-section alone, inside the existing scale section
+        print(block)
+        update_markdown_section(args.out, "scale-index", block)
+        return
+    section = render(results, settings, args.sustained_tflops)
+    print(section)
     update_markdown_section(args.out, "scale" if args.device == "cpu" else f"scale-{args.device}", section)
 
 

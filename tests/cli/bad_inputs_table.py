@@ -25,7 +25,7 @@ EXTRA_ROWS = [("disk-full-checkpoint", "fit ... --ckpt_path last (the disk fills
                "distill: error: no space left on the device while writing '<tmp>/out' ..."),
               ("disk-full-index", "index --student <assets>/export --data <assets>/data.yaml --out <tmp>/out "
                "(the disk fills)", "1",
-               "distill: error: no space left on the device while writing '<tmp>/out/dense.npz' ..."),
+               "distill: error: no space left on the device while writing '<tmp>/out/...' ..."),
               ("disk-full-cache-teacher", "cache-teacher --config configs/demo/shapes-cprd.yaml --out <tmp>/out "
                "(the disk fills)", "1",
                "distill: error: no space left on the device while writing '<tmp>/out/...' ...")]

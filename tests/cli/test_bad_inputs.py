@@ -137,9 +137,9 @@ PREPARE: dict[str, Callable[[Assets, Path], None]] = {
     "cut-export": lambda a, t: (a.copy("export", t / "export"),
                                 _truncated(a.export / "model.safetensors", t / "export" / "model.safetensors")),
     "cut-index": lambda a, t: (a.copy("index", t / "index"),
-                               _write(t / "index" / "dense.npz", (a.index / "dense.npz").read_bytes()[:-1])),
+                               _write(t / "index" / "dense.npy", (a.index / "dense.npy").read_bytes()[:-1])),
     "mixed-index": lambda a, t: (a.copy("index", t / "index"),
-                                 _write(t / "index" / "items.json", b'[{"id": 0, "a_id": 0, "text": "other"}]\n')),
+                                 _write(t / "index" / "items.jsonl", b'{"_id": "0", "id": 0, "a_id": 0, "text": "other"}\n')),
     "not-an-image": lambda a, t: _write(t / "query.png", b"plain text, not a PNG"),
     "metrics-list": lambda a, t: _write(t / "metrics.json", b"[1, 2]"),
     "read-only": lambda a, t: read_only_folder(t / "ro"),
@@ -319,9 +319,9 @@ CASES = [
     Case("search-image-missing", command("search", "--index", "{assets.index}", "--image", "{tmp}/nope.png"),
          r"--image '.*nope\.png' does not exist"),
     Case("search-truncated-index", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
-         r"index file '.*dense\.npz' does not match its manifest"),
+         r"index file '.*dense\.npy' does not match its manifest"),
     Case("search-mixed-index", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
-         r"index file '.*items\.json' does not match its manifest"),
+         r"index file '.*items\.jsonl' does not match its manifest"),
     Case("search-other-student", command("search", "--index", "{assets.index}", "--query", "a red circle",
                                          "--student", "{tmp}/export"),
          r"was built with another student than '.*export'"),
@@ -481,9 +481,9 @@ CASES = [
     Case("fit-ckpt-nan-weights", fit("shapes-infonce.yaml", "--ckpt_path={tmp}/nan.ckpt"),
          r"--ckpt_path '.*nan\.ckpt': tensor 'student\.logit_scale' holds NaN or infinite values"),
     Case("search-nan-index", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
-         r"index file '.*dense\.npz': embeddings row 2 holds NaN or infinite values"),
+         r"index file '.*dense\.npy': embeddings row 2 holds NaN or infinite values"),
     Case("search-emptied-manifest", command("search", "--index", "{tmp}/index", "--query", "a red circle"),
-         r"index manifest '.*index\.json' does not list \['dense\.json', 'dense\.npz', 'items\.json'\]"),
+         r"index manifest '.*index\.json' does not list \['dense\.json', 'dense\.npy', 'items\.jsonl', 'items\.npy'\]"),
     Case("search-zero-width-query", command("search", "--index", "{assets.index}", "--query", "\u200b\u200b"),
          r"--query '\\u200b\\u200b' has no token the student knows"),
     Case("search-emoji-query", command("search", "--index", "{assets.index}", "--query", "\U0001f600\U0001f600"),
@@ -572,10 +572,9 @@ def _nan_index(assets: Assets, tmp: Path) -> None:
     from distill.io import folder_manifest
 
     folder = assets.copy("index", tmp / "index")
-    with np.load(folder / "dense.npz") as arrays:
-        vectors = arrays["embeddings"].copy()
+    vectors = np.load(folder / "dense.npy")
     vectors[2, 0] = np.nan
-    np.savez(folder / "dense.npz", embeddings=vectors)
+    np.save(folder / "dense.npy", vectors)
     _edit_json(folder / "index.json", lambda meta: meta.update(files=folder_manifest(folder, exclude=("index.json",))))
 
 

@@ -32,7 +32,7 @@ def test_a_dense_index_with_nan_vectors_is_refused_on_load(tmp_path: Path) -> No
     vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     vectors[3, 2] = np.nan
     DenseIndex(vectors).save(tmp_path)
-    with pytest.raises(InputError, match=r"dense\.npz': embeddings row 3 holds NaN"):
+    with pytest.raises(InputError, match=r"dense\.npy': embeddings row 3 holds NaN"):
         DenseIndex.load(tmp_path)
 
 
@@ -40,7 +40,7 @@ def test_a_dense_index_whose_json_disagrees_with_its_array_is_refused(tmp_path: 
     DenseIndex(np.ones((5, 4), np.float32)).save(tmp_path)
     meta = json.loads((tmp_path / "dense.json").read_text())
     (tmp_path / "dense.json").write_text(json.dumps({**meta, "count": 7}))
-    with pytest.raises(ValueError, match=r"dense\.json' says 7 x 4 vectors, '.*dense\.npz' holds 5 x 4"):
+    with pytest.raises(ValueError, match=r"dense\.json' says 7 x 4 float32 vectors, '.*dense\.npy' holds 5 x 4 float32"):
         DenseIndex.load(tmp_path)
 
 
@@ -51,7 +51,7 @@ def test_a_faiss_index_with_nan_vectors_is_refused(tmp_path: Path) -> None:
 
     vectors = np.ones((6, 4), np.float32)
     vectors[4, 0] = np.inf
-    for kind in ("Flat", "HNSW8"):
+    for kind in ("Flat", "HNSW8", "SQfp16", "HNSW8,SQfp16"):  # float32 storage, and the float16 distill builds
         index = faiss.index_factory(4, kind, faiss.METRIC_INNER_PRODUCT)
         index.add(vectors)
         faiss.write_index(index, str(tmp_path / INDEX_NAME))

@@ -76,7 +76,7 @@ class TextTable:
         self.use_title = use_title
         self._offsets = offsets
         self._ids = ids
-        self._order = np.argsort(ids, kind="stable").astype(np.intp)
+        self._sorted: np.ndarray | None = None
         self._place: np.ndarray | None = None
         self._empty = empty
         self._size = size
@@ -117,6 +117,13 @@ class TextTable:
                     empty.append(not record_text(record, use_title))
                 offset += len(raw)
         return offsets, blob, ends, empty, offset
+
+    @property
+    def _order(self) -> np.ndarray:
+        """The rows in id order (``intp [n]``), sorted on first use: a table opened for reading rows sorts nothing."""
+        if self._sorted is None:
+            self._sorted = np.argsort(self._ids, kind="stable").astype(np.intp)
+        return self._sorted
 
     def _check_unique(self) -> None:
         """A :class:`DataError` naming the first line whose id an earlier line holds."""
@@ -163,11 +170,15 @@ class TextTable:
 
     def __getitem__(self, row: int) -> str:
         """The text of ``row`` (title first when the table was read with ``use_title``)."""
+        return record_text(self.record(row), self.use_title)
+
+    def record(self, row: int) -> dict[str, Any]:
+        """The JSON object on the line of ``row``, every field of it (``_id``, ``text`` and any other)."""
         data = self._data()
         start = int(self._offsets[self._row(row)])
         stop = data.find(b"\n", start)
         line = data[start:stop if stop >= 0 else len(data)]
-        return record_text(json.loads(line.decode("utf-8")), self.use_title)
+        return json.loads(line.decode("utf-8"))
 
     def texts(self, rows: Iterable[int]) -> list[str]:
         """The texts of ``rows``, in order."""

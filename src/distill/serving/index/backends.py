@@ -16,7 +16,7 @@ backend      kinds   what                                                     ex
 ============ ======= ======================================================= =========================
 
 Every backend answers ``search(queries, k) -> (scores [Q, k] float32, rows [Q, k] int64)`` with rows
-into the index's ``items.json``, best first, padded with ``-inf`` / ``-1``.
+into the index's item table (``items.jsonl``), best first, padded with ``-inf`` / ``-1``.
 """
 
 from __future__ import annotations

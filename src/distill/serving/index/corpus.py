@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,43 +30,47 @@ class CorpusItem:
     doc_id: str | None = None
 
 
-def split_items(datamodule: Any, split: str) -> list[CorpusItem]:
-    """The b items of ``split`` in tie order (:func:`tie_order`).
+def split_items(datamodule: Any, split: str, chunk_size: int = 4096) -> Iterator[list[CorpusItem]]:
+    """The b items of ``split`` in the data's order, ``chunk_size`` at a time (an index puts them in tie order,
+    :func:`tie_order`, as it writes them).
 
-    Uses ``datamodule.b_texts(split) -> [(id, a_id, text), ...]`` when the data module defines it (and
-    ``datamodule.doc_ids(ids) -> [document id]``, a BEIR corpus's ``_id``, when it names its documents), else the
-    corpus of :class:`distill.data.ShapesDataModule`.
+    Uses ``datamodule.b_texts(split) -> (id, a_id, text) rows`` (any iterable: a generator is read once, row by row)
+    when the data module defines it, and ``datamodule.doc_ids(ids) -> [document id]``, a BEIR corpus's ``_id``, per
+    chunk when it names its documents; else the corpus of :class:`distill.data.ShapesDataModule`.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     hook = getattr(datamodule, "b_texts", None)
     if callable(hook):
-        rows = list(hook(split))
         names = getattr(datamodule, "doc_ids", None)
-        doc_ids = [str(name) for name in names([int(i) for i, _, _ in rows])] if callable(names) else [None] * len(rows)
-        items = [CorpusItem(int(i), int(a), str(t), d) for (i, a, t), d in zip(rows, doc_ids)]
-    else:
-        datamodule.setup("test")
-        corpus = getattr(datamodule, "corpus", None)
-        if corpus is None or not hasattr(corpus, "caption_id"):
-            raise ValueError(
-                f"{type(datamodule).__name__} exposes no raw texts: give it a `b_texts(split)` method returning "
-                "(id, a_id, text) rows"
-            )
-        try:
-            rows = corpus.split(split)
-        except ValueError as error:
-            from distill.errors import InputError
-
-            raise InputError(f"--split {split}: {type(datamodule).__name__}: {error}") from None
-        items = [CorpusItem(int(corpus.caption_id(item.image_id, index)), int(item.image_id), caption)
-                 for item in rows for index, caption in enumerate(item.captions)]
-    return [items[row] for row in tie_order(datamodule, [item.id for item in items]).tolist()]
+        rows = iter(hook(split))
+        while chunk := list(itertools.islice(rows, chunk_size)):
+            doc_ids = [str(name) for name in names([int(i) for i, _, _ in chunk])] if callable(names) else \
+                [None] * len(chunk)
+            yield [CorpusItem(int(i), int(a), str(t), d) for (i, a, t), d in zip(chunk, doc_ids)]
+        return
+    datamodule.setup("test")
+    corpus = getattr(datamodule, "corpus", None)
+    if corpus is None or not hasattr(corpus, "caption_id"):
+        raise ValueError(
+            f"{type(datamodule).__name__} exposes no raw texts: give it a `b_texts(split)` method returning "
+            "(id, a_id, text) rows"
+        )
+    try:
+        records = corpus.split(split)
+    except ValueError as error:
+        raise InputError(f"--split {split}: {type(datamodule).__name__}: {error}") from None
+    items = (CorpusItem(int(corpus.caption_id(item.image_id, index)), int(item.image_id), caption)
+             for item in records for index, caption in enumerate(item.captions))
+    while chunk := list(itertools.islice(items, chunk_size)):
+        yield chunk
 
 
 def tie_order(datamodule: Any, ids: Sequence[int]) -> np.ndarray:
     """The permutation listing ``ids`` by descending document id: ``datamodule.tie_keys`` (BEIR: the ``_id``
     strings' byte order) or else the ids. Every backend breaks score ties by the lower row, so an index whose
     rows follow this order breaks them by the larger document id, as trec_eval and evaluation do."""
-    keys = torch.as_tensor(list(ids), dtype=torch.long)
+    keys = torch.from_numpy(np.array(ids, dtype=np.int64))
     hook = getattr(datamodule, "tie_keys", None)
     if callable(hook) and len(keys):
         keys = hook(keys)

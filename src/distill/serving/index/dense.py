@@ -1,19 +1,24 @@
-"""Exact dot-product search over float32 embeddings, scored in chunks of the corpus."""
+"""Exact dot-product search over float16 (or float32) embeddings, scored in float32 in chunks of the corpus.
+
+An index folder keeps the embeddings in ``dense.npy`` (float16, as :mod:`~distill.serving.index.vectors` writes
+them while encoding) and :meth:`DenseIndex.load` memory-maps it: opening reads nothing but the finiteness check's
+pass, and search reads the file through the page cache.
+"""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-from distill.io import atomic_write_bytes, atomic_write_json, read_json
+from distill.io import atomic_write_json, atomic_writer, read_json
 from distill.serving.index.checks import check_finite
 
-ARRAYS_NAME = "dense.npz"
+ARRAYS_NAME = "dense.npy"
 META_NAME = "dense.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: float32 embeddings in dense.npz
+DTYPES = (np.float16, np.float32)
 
 
 def merge_top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,17 +48,22 @@ def merge_top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 class DenseIndex:
-    """Exhaustive inner-product search: ``score(q, d) = q . d`` over ``embeddings [N, D]`` float32.
+    """Exhaustive inner-product search: ``score(q, d) = q . d`` over ``embeddings [N, D]`` float16 or float32.
 
-    ``search`` multiplies the queries with ``chunk_size`` corpus rows at a time and keeps a running
-    top-k, so memory stays ``O(Q * chunk_size)``. Scores equal a full ``Q @ E.T`` up to float rounding.
+    ``search`` multiplies the float32 queries with ``chunk_size`` corpus rows at a time (float16 rows are
+    converted to float32 per chunk, so a score is the float32 dot product of the stored values) and keeps a
+    running top-k, so memory stays ``O(Q * chunk_size + chunk_size * D)``. Scores equal a full ``Q @ E.T`` up to
+    float rounding. The embeddings are kept as given (an array or a memory map), never copied whole.
     """
 
     def __init__(self, embeddings: np.ndarray) -> None:
-        embeddings = np.asarray(embeddings)
+        if not isinstance(embeddings, np.ndarray):
+            embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2:
             raise ValueError(f"dense index embeddings must be [N, D], got shape {embeddings.shape}")
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.dtype not in DTYPES or not embeddings.flags.c_contiguous:
+            embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.embeddings = embeddings
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -89,28 +99,38 @@ class DenseIndex:
         return merge_top_k(best_scores, best_rows, k)
 
     def _scores(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """``queries @ embeddings[start:stop].T``; one query is a matrix-vector product over contiguous rows."""
+        """``queries @ embeddings[start:stop].T`` in float32; one query is a matrix-vector product over contiguous
+        rows."""
+        block = np.asarray(self.embeddings[start:stop], dtype=np.float32)
         if len(queries) == 1:
-            return (self.embeddings[start:stop] @ queries[0])[None]
-        return queries @ self.embeddings[start:stop].T
+            return (block @ queries[0])[None]
+        return queries @ block.T
 
     def save(self, folder: str | os.PathLike[str]) -> None:
-        """Write ``dense.npz`` and ``dense.json`` into ``folder``, each atomically."""
-        buffer = io.BytesIO()
-        np.savez(buffer, embeddings=self.embeddings)
-        atomic_write_bytes(Path(folder) / ARRAYS_NAME, buffer.getvalue())
+        """Write ``dense.npy`` (the embeddings in their dtype) and ``dense.json`` into ``folder``, each atomically."""
+        with atomic_writer(Path(folder) / ARRAYS_NAME) as handle:
+            np.save(handle, self.embeddings, allow_pickle=False)
+        self.save_meta(folder)
+
+    def save_meta(self, folder: str | os.PathLike[str]) -> None:
+        """Write ``dense.json`` for a ``dense.npy`` already in ``folder`` (one streamed there while encoding)."""
         atomic_write_json(Path(folder) / META_NAME, {"format_version": FORMAT_VERSION, "kind": "dense",
-                                                     "count": len(self), "dim": self.dim})
+                                                     "count": len(self), "dim": self.dim,
+                                                     "dtype": str(self.embeddings.dtype)})
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> "DenseIndex":
+        """Memory-map ``dense.npy`` (checked against ``dense.json`` and for NaN / infinite rows, in chunks)."""
         meta = read_json(Path(folder) / META_NAME)
         if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != "dense":
             raise ValueError(f"'{Path(folder) / META_NAME}' is not a version-{FORMAT_VERSION} dense index")
-        with np.load(Path(folder) / ARRAYS_NAME, allow_pickle=False) as arrays:
-            index = cls(arrays["embeddings"])
-        if (meta.get("count"), meta.get("dim")) != (len(index), index.dim):
-            raise ValueError(f"'{Path(folder) / META_NAME}' says {meta.get('count')} x {meta.get('dim')} vectors, "
-                             f"'{Path(folder) / ARRAYS_NAME}' holds {len(index)} x {index.dim}")
+        embeddings = np.load(Path(folder) / ARRAYS_NAME, mmap_mode="r", allow_pickle=False)
+        if embeddings.dtype not in DTYPES:
+            raise ValueError(f"'{Path(folder) / ARRAYS_NAME}' holds {embeddings.dtype}; expected float16 or float32")
+        index = cls(embeddings)
+        if (meta.get("count"), meta.get("dim"), meta.get("dtype")) != (len(index), index.dim, str(embeddings.dtype)):
+            raise ValueError(f"'{Path(folder) / META_NAME}' says {meta.get('count')} x {meta.get('dim')} "
+                             f"{meta.get('dtype')} vectors, '{Path(folder) / ARRAYS_NAME}' holds {len(index)} x "
+                             f"{index.dim} {embeddings.dtype}")
         check_finite(Path(folder) / ARRAYS_NAME, index.embeddings)
         return index

@@ -1,9 +1,16 @@
-"""Dense search on FAISS: exact ``IndexFlatIP``, approximate ``IVF`` / ``HNSW``, IVF with product quantisation.
+"""Dense search on FAISS: exact flat search, approximate ``IVF`` / ``HNSW``, IVF with product quantisation.
+
+Flat, IVF and HNSW indexes store the vectors as float16 (FAISS's ``SQfp16`` scalar quantiser, decoded to float32
+to score: 8.8M x 384 vectors take 6.3 GiB, not 12.6); ``--pq`` stores PQ codes. A build reads the vectors in
+blocks (from an array or from the ``.npy`` file encoding wrote): IVF and PQ train on a random sample of at most
+:func:`training_rows` vectors, and the flat index's codes are allocated once at their final size and filled block
+by block.
 
 The index is written with FAISS's own ``faiss.write_index`` (``faiss.index``) and read back with
 ``faiss.read_index``; ``faiss.json`` records its type and the search-time settings (``nprobe``,
 ``efSearch``). Scores are inner products, as for :class:`~distill.serving.index.DenseIndex`, and the exact
-type returns the same top-k (ties are ordered by row, as there).
+type returns the same top-k as the numpy backend over the same float16 vectors (ties are ordered by row, as
+there).
 """
 
 from __future__ import annotations
@@ -22,33 +29,71 @@ from distill.io import atomic_path, atomic_write_json, read_json
 from distill.serving.index.backends import BackendSettings, require
 from distill.serving.index.checks import check_finite
 from distill.serving.index.dense import merge_top_k
+from distill.serving.index.vectors import READ_ROWS, read_blocks, sample_rows
 
 INDEX_NAME = "faiss.index"
 META_NAME = "faiss.json"
 PQ_TRAINING_POINTS = 256  # 8-bit codes: 256 centroids per sub-quantiser
+TRAIN_PER_CENTROID = 64  # training vectors per k-means centroid (FAISS uses at most 256, and warns below 39)
+TRAIN_MAX = 1 << 19  # at most 524,288 training vectors: 768 MiB of float32 at D = 384
 # Exact search of this many queries or more goes through BLAS (sgemm), fewer through FAISS's SIMD kernels. faiss-cpu
 # 1.15 compares its `distance_compute_blas_threshold` with queries x width: its default (128,000) sends a batch of 64
 # 384-d queries down the SIMD path, several times slower, and a threshold of 20 would send single queries to BLAS.
 BLAS_QUERIES = 20
 
-__all__ = ["BLAS_QUERIES", "FaissIndex", "blas_threshold", "factory_string"]
+__all__ = ["BLAS_QUERIES", "FaissIndex", "blas_threshold", "factory_string", "training_rows"]
+
+Vectors = np.ndarray | Path  # an [N, D] array (or memory map), or the .npy file of one
+
+
+def training_rows(count: int, nlist: int, pq: int | None) -> int:
+    """How many of ``count`` vectors train an IVF index of ``nlist`` lists (and its PQ codebooks of 256 centroids):
+    ``TRAIN_PER_CENTROID`` per centroid, at most ``TRAIN_MAX``, at most ``count``."""
+    centroids = max(nlist, PQ_TRAINING_POINTS if pq else 1)
+    return min(count, max(TRAIN_PER_CENTROID * centroids, 1), max(TRAIN_MAX, nlist))
+
+
+def _shape(vectors: Vectors) -> tuple[int, int]:
+    if isinstance(vectors, Path):
+        return tuple(np.load(vectors, mmap_mode="r", allow_pickle=False).shape)  # type: ignore[return-value]
+    if vectors.ndim != 2:
+        raise ValueError(f"FAISS vectors must be [N, D], got shape {vectors.shape}")
+    return int(vectors.shape[0]), int(vectors.shape[1])
+
+
+def _blocks(vectors: Vectors, rows: int = READ_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, [n, D] float32 contiguous block)`` of ``vectors``, in order."""
+    if isinstance(vectors, Path):
+        yield from read_blocks(vectors, rows)
+        return
+    for start in range(0, len(vectors), rows):
+        yield start, np.ascontiguousarray(vectors[start:start + rows], dtype=np.float32)
+
+
+def _sample(vectors: Vectors, count: int) -> np.ndarray:
+    if isinstance(vectors, Path):
+        return sample_rows(vectors, count)
+    if count >= len(vectors):
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    picked = np.sort(np.random.default_rng(0).choice(len(vectors), size=count, replace=False))
+    return np.ascontiguousarray(vectors[picked], dtype=np.float32)
 
 
 def factory_string(settings: BackendSettings, count: int, dim: int) -> str:
     """The ``faiss.index_factory`` description of ``settings`` for ``count`` vectors of width ``dim``."""
     kind = settings.faiss_type
     if kind == "flat":
-        return "Flat"
+        return "SQfp16"
     if kind == "hnsw":
         if settings.pq is not None:
             raise InputError("--pq applies to --faiss-type ivf (FAISS's HNSW with PQ codes does not rank by inner "
                              "product)")
-        return f"HNSW{settings.hnsw_m},Flat"
+        return f"HNSW{settings.hnsw_m},SQfp16"
     nlist = settings.nlist or max(1, min(count, int(4 * math.sqrt(count))))
     if nlist > count:
         raise InputError(f"--nlist {nlist} needs at least {nlist} vectors to train its lists; the split has {count}")
     if settings.pq is None:
-        return f"IVF{nlist},Flat"
+        return f"IVF{nlist},SQfp16"
     if dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the embedding width {dim}")
     if count < PQ_TRAINING_POINTS:
@@ -79,20 +124,26 @@ class FaissIndex:
         self._apply_search_settings()
 
     @classmethod
-    def build(cls, vectors: np.ndarray, settings: BackendSettings) -> "FaissIndex":
-        """Train (IVF, PQ) and fill an index of ``settings.faiss_type`` with ``vectors``."""
+    def build(cls, vectors: Vectors, settings: BackendSettings) -> "FaissIndex":
+        """Train (IVF, PQ: on a sample of :func:`training_rows`) and fill an index of ``settings.faiss_type`` with
+        ``vectors`` (an ``[N, D]`` array or its ``.npy`` file), ``READ_ROWS`` at a time."""
         faiss = require("faiss")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2:
-            raise ValueError(f"FAISS vectors must be [N, D], got shape {vectors.shape}")
-        description = factory_string(settings, len(vectors), vectors.shape[1])
-        index = faiss.index_factory(vectors.shape[1], description, faiss.METRIC_INNER_PRODUCT)
+        count, dim = _shape(vectors)
+        description = factory_string(settings, count, dim)
+        index = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
         if settings.faiss_type == "hnsw":
             index.hnsw.efConstruction = settings.ef_construction
+        if isinstance(index, faiss.IndexIVFScalarQuantizer):
+            index.by_residual = False  # store the float16 vectors themselves, not their float16 offset from a centroid
         try:
             if not index.is_trained:
-                index.train(vectors)
-            index.add(vectors)
+                nlist = int(faiss.extract_index_ivf(index).nlist)
+                index.train(_sample(vectors, training_rows(count, nlist, settings.pq)))
+            if isinstance(index, faiss.IndexFlatCodes):
+                _fill_codes(faiss, index, count, _blocks(vectors))
+            else:
+                for _, block in _blocks(vectors):
+                    index.add(block)
         except RuntimeError as error:
             raise InputError(f"FAISS could not build {description!r}: {str(error).splitlines()[0][:200]}") from None
         return cls(index, settings, description)
@@ -117,8 +168,8 @@ class FaissIndex:
         """Bytes of the index as FAISS writes it (vectors or codes, lists, graph)."""
         if self._nbytes is None:
             faiss = require("faiss")
-            if isinstance(self.index, faiss.IndexFlat):
-                self._nbytes = len(self) * self.dim * 4
+            if isinstance(self.index, faiss.IndexFlatCodes):
+                self._nbytes = len(self) * int(self.index.code_size)
             else:
                 self._nbytes = int(faiss.serialize_index(self.index).nbytes)
         return self._nbytes
@@ -164,7 +215,7 @@ class FaissIndex:
         except RuntimeError as error:
             raise InputError(f"'{Path(folder) / INDEX_NAME}' is not a FAISS index FAISS can read "
                              f"({str(error).splitlines()[0][:120]}): rebuild it") from None
-        stored = _flat_vectors(faiss, index)
+        stored = _stored_vectors(faiss, index)
         if stored is not None:  # flat and HNSW storage: the vectors themselves (IVF and PQ keep codes only)
             check_finite(Path(folder) / INDEX_NAME, stored)
         loaded = cls(index, settings, str(meta.get("description", "")))
@@ -172,11 +223,28 @@ class FaissIndex:
         return loaded
 
 
-def _flat_vectors(faiss: Any, index: Any) -> np.ndarray | None:
-    """A view (no copy) of the float32 vectors a flat or HNSW index stores, or ``None`` for coded indexes."""
+def _fill_codes(faiss: Any, index: Any, count: int, blocks: Iterator[tuple[int, np.ndarray]]) -> None:
+    """Fill a flat index with ``count`` vectors: its codes allocated once at their final size (``add`` would grow
+    them block by block, copying what it holds at each growth), each block encoded into place."""
+    size = int(index.code_size)
+    index.codes.resize(count * size)
+    codes = faiss.rev_swig_ptr(index.codes.data(), count * size) if count else np.zeros(0, np.uint8)
+    for start, block in blocks:
+        codes[start * size:(start + len(block)) * size] = index.sa_encode(block).reshape(-1)
+    index.ntotal = count
+
+
+def _stored_vectors(faiss: Any, index: Any) -> np.ndarray | None:
+    """A view (no copy) of the vectors a flat or HNSW index stores (float32, or float16 for ``SQfp16``), or
+    ``None`` for coded indexes."""
     found = faiss.downcast_index(index)
-    storage = found if isinstance(found, faiss.IndexFlat) else getattr(found, "storage", None)
+    storage = found if isinstance(found, faiss.IndexFlatCodes) else getattr(found, "storage", None)
     storage = faiss.downcast_index(storage) if storage is not None else None
-    if not isinstance(storage, faiss.IndexFlat) or storage.ntotal == 0:
+    if storage is None or storage.ntotal == 0:
         return None
-    return faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(storage.ntotal, storage.d)
+    if isinstance(storage, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(storage.ntotal, storage.d)
+    if isinstance(storage, faiss.IndexScalarQuantizer) and storage.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        codes = faiss.rev_swig_ptr(storage.codes.data(), storage.ntotal * storage.code_size)
+        return codes.view(np.float16).reshape(storage.ntotal, storage.d)
+    return None

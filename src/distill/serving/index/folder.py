@@ -2,11 +2,17 @@
 
 ``python -m distill index --student exports/s --data configs/demo/data.yaml --split test --out indexes/s
 [--backend numpy|faiss|qdrant|seismic]`` encodes the split's b side (captions / passages) with the student's
-``tower_b`` and writes the backend's files (:mod:`distill.serving.index.backends`), ``items.json`` (ids and
-raw texts) and ``index.json``, the manifest: the build's id, the student's fingerprint, the backend and its
-settings, and every file's size and SHA-256 (files in sub-folders included). The folder is built aside and
-put in place in one step; a second build of the same folder at the same time is refused; opening checks
-every file against the manifest. :mod:`distill.serving.index.query` searches it.
+``tower_b`` and writes the backend's files (:mod:`distill.serving.index.backends`), ``items.jsonl`` and
+``items.npy`` (ids and raw texts, read by row: :mod:`distill.serving.index.items`) and ``index.json``, the
+manifest: the build's id, the student's fingerprint, the backend and its settings, and every file's size and
+SHA-256 (files in sub-folders included). The folder is built aside and put in place in one step; a second build
+of the same folder at the same time is refused; opening checks every file against the manifest.
+:mod:`distill.serving.index.query` searches it.
+
+A build streams: the split's items are written to the item table as they are read (then once more in tie order),
+the student encodes them ``chunk_size`` at a time, each chunk's vectors are appended to a float16 ``.npy`` file
+(sparse: CSR rows to two raw files), and the backend is built from that file in blocks. No list of all the items
+or texts is made and the vectors are held once (by the backend, or by none: the numpy backend serves the file).
 """
 
 from __future__ import annotations
@@ -15,31 +21,32 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import scipy.sparse as sp
 
 from distill.errors import InputError
 from distill.io import atomic_folder, atomic_write_json, folder_manifest, read_json, verify_folder
 from distill.serving.index.backends import BackendSettings, VectorIndex, require
 from distill.serving.index.checks import check_manifest
-from distill.serving.index.corpus import CorpusItem, encode_texts, split_items
+from distill.serving.index.corpus import encode_texts, split_items
+from distill.serving.index.dense import ARRAYS_NAME as DENSE_NAME
 from distill.serving.index.dense import DenseIndex
-from distill.serving.index.sparse import SparseIndex, as_csr, prune_top_k_rows
+from distill.serving.index.items import ITEMS_NAME, ROWS_NAME, ItemTable, write_tie_ordered
+from distill.serving.index.sparse import SparseIndex, prune_top_k_rows
+from distill.serving.index.vectors import SparseSpill, VectorWriter, open_vectors
 from distill.serving.loading import CONFIG_NAME, read_student_config, weight_files
 from distill.serving.remote_code import check_export_code
 
 INDEX_META = "index.json"
-ITEMS_NAME = "items.json"
-FORMAT_VERSION = 3  # 2: numpy backend only (still readable)
-READABLE_VERSIONS = (2, 3)
+FORMAT_VERSION = 4  # 2, 3: every text in items.json and float32 vectors, read whole into memory (no longer read)
+READABLE_VERSIONS = (FORMAT_VERSION,)
 REBUILD = "rebuild it with `python -m distill index`"
+VECTORS_NAME = ".vectors.npy"  # the encoded dense vectors while building (the numpy backend keeps them)
+ITEM_CHUNKS = 4096  # items read from the data and written to the item table at a time
 
-__all__ = ["EXPORT_OPTIONS", "INDEX_META", "ITEMS_NAME", "build_index", "open_index", "student_fingerprint",
-           "student_fingerprints"]
+__all__ = ["EXPORT_OPTIONS", "INDEX_META", "ITEMS_NAME", "ROWS_NAME", "build_index", "open_index",
+           "student_fingerprint", "student_fingerprints"]
 
 
 EXPORT_OPTIONS = ("onnx",)
@@ -96,49 +103,70 @@ def _check_request(student_dir: str | os.PathLike[str], config: dict[str, Any], 
     return settings
 
 
-def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: list[CorpusItem],
-            chunk_size: int, progress: bool, trust_remote_code: bool = False) -> np.ndarray | sp.csr_matrix:
+def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: ItemTable, scratch: Path,
+            chunk_size: int, progress: bool, trust_remote_code: bool = False) -> Path | SparseSpill:
+    """Encode the items ``chunk_size`` at a time (:func:`encode_texts` per chunk) into ``scratch``: dense vectors
+    appended to ``VECTORS_NAME`` as float16 (returns its path), sparse rows to a :class:`SparseSpill`."""
+    from distill.progress import progress as progress_bar
     from distill.serving.loading import load_student, load_tokenizer
 
     student = load_student(student_dir, trust_remote_code)
     tokenizer = load_tokenizer(student_dir, trust_remote_code)
-    chunks = encode_texts(student, tokenizer, [item.text for item in items], "b", config["towers"]["b"]["max_length"],
-                          chunk_size, progress)
-    if config["embedding"]["kind"] == "sparse":  # each chunk's dense [n, V] rows become CSR as they come
-        return sp.vstack([as_csr(chunk) for chunk in chunks], format="csr")
-    vectors = np.empty((len(items), int(config["embedding"]["dim"])), dtype=np.float32)
-    start = 0
-    for chunk in chunks:  # one [N, D] array, filled in place
-        vectors[start:start + len(chunk)] = chunk.numpy()
-        start += len(chunk)
-    return vectors
+    max_length = config["towers"]["b"]["max_length"]
+    sparse = config["embedding"]["kind"] == "sparse"
+    sink: VectorWriter | SparseSpill = SparseSpill(scratch) if sparse else \
+        VectorWriter(scratch / VECTORS_NAME, len(items), int(config["embedding"]["dim"]))
+    with progress_bar(len(items), "encoding b", "texts", enabled=progress) as bar:
+        for chunk in items.chunks(chunk_size):
+            for encoded in encode_texts(student, tokenizer, [item.text for item in chunk], "b", max_length,
+                                        chunk_size, False):
+                sink.append(encoded.numpy())
+            bar.update(len(chunk))
+    if isinstance(sink, SparseSpill):
+        return sink
+    sink.close()
+    return sink.path
 
 
-def _build_backend(settings: BackendSettings, vectors: np.ndarray | sp.csr_matrix, items: list[CorpusItem],
-                   scratch: Path, build_id: str, weights: str, top_k: int | None) -> tuple[VectorIndex, dict[str, Any]]:
-    """Build and write the backend's files into ``scratch``; returns the index and what the manifest adds."""
-    if settings.backend == "qdrant":
-        from distill.serving.index.qdrant_backend import QdrantIndex
+def _build_backend(settings: BackendSettings, vectors: Path | SparseSpill, items: ItemTable, scratch: Path,
+                   build_id: str, weights: str, top_k: int | None) -> tuple[Any, dict[str, Any]]:
+    """Build and write the backend's files into ``scratch`` from the encoded ``vectors`` (the float16 ``.npy`` file,
+    or the spilled sparse rows); returns the index and what the manifest adds. The vector file is then removed
+    (the numpy dense backend keeps it as ``dense.npy``)."""
+    matrix = vectors.matrix() if isinstance(vectors, SparseSpill) else None
+    try:
+        if settings.backend == "qdrant":
+            from distill.serving.index.qdrant_backend import QdrantIndex
 
-        if top_k is not None:
-            vectors = prune_top_k_rows(vectors, top_k)
-        index = QdrantIndex.build(vectors, items, settings, scratch, build_id)
-        index.close()
-        return index, {"collection_name": index.name}
-    if settings.backend == "faiss":
-        from distill.serving.index.faiss_backend import FaissIndex
+            source: Any = open_vectors(vectors) if matrix is None else matrix  # type: ignore[arg-type]
+            if top_k is not None:
+                source = prune_top_k_rows(source, top_k)
+            index = QdrantIndex.build(source, items, settings, scratch, build_id)
+            index.close()
+            return index, {"collection_name": index.name}
+        if settings.backend == "faiss":
+            from distill.serving.index.faiss_backend import FaissIndex
 
-        built: VectorIndex = FaissIndex.build(vectors, settings)
-    elif settings.backend == "seismic":
-        from distill.serving.index.seismic_backend import SeismicIndex
+            built: Any = FaissIndex.build(vectors, settings)  # type: ignore[arg-type]
+        elif settings.backend == "seismic":
+            from distill.serving.index.seismic_backend import SeismicIndex
 
-        built = SeismicIndex.build(vectors if top_k is None else prune_top_k_rows(vectors, top_k), settings)
-    elif sp.issparse(vectors):
-        built = SparseIndex.from_vectors(vectors, weights=weights, top_k=top_k)
-    else:
-        built = DenseIndex(vectors)
-    built.save(scratch)  # type: ignore[attr-defined]
-    return built, {}
+            built = SeismicIndex.build(matrix if top_k is None else prune_top_k_rows(matrix, top_k), settings)
+        elif matrix is not None:
+            built = SparseIndex.from_vectors(matrix, weights=weights, top_k=top_k)
+        else:
+            os.replace(vectors, scratch / DENSE_NAME)  # type: ignore[arg-type]
+            built = DenseIndex(open_vectors(scratch / DENSE_NAME))
+            built.save_meta(scratch)
+            return built, {}
+        built.save(scratch)
+        return built, {}
+    finally:
+        del matrix
+        if isinstance(vectors, SparseSpill):
+            vectors.remove()
+        elif vectors.exists():
+            vectors.unlink()
 
 
 def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str,
@@ -152,29 +180,32 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
     :mod:`distill.serving.index.sparse`) and ``top_k`` keeps each item's ``k`` largest weights before
     indexing. ``source`` (the data file) is recorded in the manifest. Bad flags, a missing extra and a
     server that does not answer are refused before anything is encoded or written, and so is code the export
-    names unless ``trust_remote_code`` (:func:`~distill.serving.remote_code.check_export_code`).
+    names unless ``trust_remote_code`` (:func:`~distill.serving.remote_code.check_export_code`). Everything is
+    streamed (module docstring): ``chunk_size`` items are encoded at a time.
     """
     config = read_student_config(student_dir)
     check_export_code(student_dir, config, allow=trust_remote_code)
     settings = _check_request(student_dir, config, settings or BackendSettings(), weights, top_k)
     fingerprint = student_fingerprint(student_dir)
-    items = split_items(datamodule, split)
-    if not items:
-        raise InputError(f"split '{split}' of '{source}' is empty: nothing to index")
-    vectors = _encode(student_dir, config, items, chunk_size, progress, trust_remote_code)
     previous = _previous_meta(out_dir)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "kind": config["embedding"]["kind"], "build_id": uuid.uuid4().hex,
         "student": str(Path(student_dir).resolve()), "student_fingerprint": fingerprint, "data": source,
-        "split": split, "side": "b", "count": len(items), "backend": settings.backend,
-        "backend_settings": settings.manifest(),
+        "split": split, "side": "b", "backend": settings.backend, "backend_settings": settings.manifest(),
     }
-    if meta["kind"] == "sparse":
+    if meta["kind"] == "dense":
+        meta["vector_dtype"] = "float32" if settings.backend == "qdrant" else "float16"
+    else:
         meta.update({"weights": weights, "top_k": top_k})
     with atomic_folder(out_dir, "index folder", kind="index") as scratch:
+        items = write_tie_ordered(split_items(datamodule, split, ITEM_CHUNKS), datamodule, scratch / ITEMS_NAME,
+                                  ITEM_CHUNKS)
+        if not len(items):
+            raise InputError(f"split '{split}' of '{source}' is empty: nothing to index")
+        meta["count"] = len(items)
+        vectors = _encode(student_dir, config, items, scratch, chunk_size, progress, trust_remote_code)
         index, extra = _build_backend(settings, vectors, items, scratch, meta["build_id"], weights, top_k)
         meta.update({**extra, "bytes": index.nbytes})
-        atomic_write_json(scratch / ITEMS_NAME, [asdict(item) for item in items])
         atomic_write_json(scratch / INDEX_META, {**meta, "files": folder_manifest(scratch, exclude=(INDEX_META,))})
     if settings.backend == "qdrant":
         from distill.serving.index.qdrant_backend import retire_previous
@@ -207,16 +238,21 @@ def settings_of(meta: dict[str, Any], url: str | None = None) -> BackendSettings
 
 
 def open_index(folder: str | os.PathLike[str], url: str | None = None, backend: str | None = None
-               ) -> tuple[dict[str, Any], VectorIndex, list[CorpusItem]]:
-    """The manifest, the index and the items of an index folder, after checking every file against the manifest.
+               ) -> tuple[dict[str, Any], VectorIndex, ItemTable]:
+    """The manifest, the index and the items (an :class:`ItemTable`, read by row when asked) of an index folder,
+    after checking every file against the manifest.
 
-    ``backend``, when given, must be the one the index was built with (checked before anything is loaded).
+    ``backend``, when given, must be the one the index was built with (checked before anything is loaded). A
+    folder of an earlier format is one line that says to rebuild it.
     """
     meta_path = Path(folder) / INDEX_META
     if not meta_path.is_file():
         raise InputError(f"'{folder}' is not an index: it has no {INDEX_META} ({REBUILD})")
     meta = read_json(meta_path)
     version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version in (2, 3):
+        raise InputError(f"index '{folder}' is in format {version} (texts in items.json, float32 vectors), which this "
+                         f"distill no longer reads (it reads format {FORMAT_VERSION}): {REBUILD}")
     if version not in READABLE_VERSIONS:
         raise InputError(f"'{meta_path}' has format_version {version!r}; this distill reads {READABLE_VERSIONS}: "
                          f"{REBUILD}")
@@ -224,20 +260,22 @@ def open_index(folder: str | os.PathLike[str], url: str | None = None, backend: 
     if backend is not None and backend != built_with:
         raise InputError(f"--backend {backend}: index '{folder}' was built with --backend {built_with}")
     check_manifest(folder, meta, ITEMS_NAME, INDEX_META)
+    if ROWS_NAME not in (meta.get("files") or {}):
+        raise InputError(f"index manifest '{meta_path}' does not list {[ROWS_NAME]} in its files: {REBUILD}")
     verify_folder(folder, meta.get("files") or {}, "index", REBUILD)
     settings = settings_of(meta, url)
+    try:
+        items = ItemTable(Path(folder) / ITEMS_NAME)
+    except ValueError as error:
+        raise InputError(f"index '{folder}': {error}: {REBUILD}") from None
     try:
         index = _open_backend(Path(folder), meta, settings)
     except (ValueError, FileNotFoundError) as error:  # the backends' own checks of their files, one line
         if isinstance(error, InputError):
             raise
         raise InputError(f"index '{folder}': {error}: {REBUILD}") from None
-    try:
-        items = [CorpusItem(**row) for row in read_json(Path(folder) / ITEMS_NAME)]
-    except TypeError:
-        raise InputError(f"index file '{Path(folder) / ITEMS_NAME}' is not a list of {{id, a_id, text}} items: "
-                         f"{REBUILD}") from None
     if len(items) != len(index) or len(items) != int(meta.get("count", -1)):
+        getattr(index, "close", lambda: None)()
         raise InputError(f"index '{folder}' holds {len(index)} vectors and {len(items)} items, its manifest "
                          f"{meta.get('count')}: {REBUILD}")
     return meta, index, items

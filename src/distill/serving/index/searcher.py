@@ -37,7 +37,9 @@ __all__ = ["Searcher", "open_searcher"]
 
 class Searcher:
     """An index and its student, loaded once (see the module docstring). Close it (or use ``with``) to release
-    the backend (an embedded Qdrant collection holds a lock)."""
+    the backend (an embedded Qdrant collection holds a lock). ``items`` is the index's
+    :class:`~distill.serving.index.items.ItemTable`: a hit's id and text are read from ``items.jsonl`` when the hit
+    is returned, never all loaded."""
 
     def __init__(self, index_dir: str | os.PathLike[str], student_dir: str | os.PathLike[str] | None = None,
                  backend: str | None = None, url: str | None = None, trust_remote_code: bool = False) -> None:
