@@ -45,7 +45,8 @@ class TripleDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         visit = self.epoch
-        out: dict[str, Any] = {"query": item.query, "positive": item.positive}
+        out: dict[str, Any] = {"query": item.query, "positive": item.positive,
+                               "a_id": item.query, "b_id": item.positive}  # the pair's ids (teacher cache)
         if self.num_negatives:
             rng = random.Random(self.seed * 1_000_003 + index * 7919 + visit)
             pool = list(range(len(item.negatives)))

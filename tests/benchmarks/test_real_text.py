@@ -1,0 +1,78 @@
+"""benchmarks/real_text.py --quick end to end on a tiny BEIR folder with tiny random models: every row of the table
+has finite metrics in [0, 1], and a second run recomputes no finished stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT, WORDS
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import real_text  # noqa: E402
+
+
+def write_code_beir(root: Path, seed: int = 0) -> Path:
+    """40 'functions' (passages) each described by one query; 24 train, 6 dev, 10 test queries."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    (root / "qrels").mkdir()
+    corpus, queries, splits = [], [], {"train": [], "dev": [], "test": []}
+    for n in range(40):
+        words = rng.sample(WORDS, 3)
+        corpus.append({"_id": f"pkg{n % 4}:f{n}", "title": "", "text": f"def {words[0]}_{n}(x):\n    return {words[1]}(x, {words[2]})"})
+        queries.append({"_id": f"q{n}", "text": f"{words[0]} the {words[1]} with {words[2]}"})
+        split = "train" if n < 24 else "dev" if n < 30 else "test"
+        splits[split].append((f"q{n}", f"pkg{n % 4}:f{n}"))
+    (root / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in queries))
+    for split, pairs in splits.items():
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{p}\t1\n" for q, p in pairs))
+    return root
+
+
+@pytest.mark.slow
+def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, capsys) -> None:
+    data = write_code_beir(tmp_path / "beir")
+    out = tmp_path / "study"
+    markdown = tmp_path / "benchmarks.md"
+    argv = ["--data", str(data), "--out", str(out), "--quick", "--seeds", "0", "1", "--student", str(tiny_models.bert),
+            "--teacher-init", str(tiny_models.cross_encoder), "--max-length", "24", "--train-queries", "24",
+            "--test-passages", "30", "--markdown", str(markdown)]
+    real_text.main(argv)
+    first = json.loads((out / "results.json").read_text())
+    table = (out / "real-text.md").read_text()
+
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    names = [row.split(" | ")[0].lstrip("| ") for row in rows]
+    assert names[:2] == ["BM25 (bm25s)", "zero-shot student (all-MiniLM-L6-v2)"]
+    assert [name for name in names if name.startswith(("InfoNCE", "+ "))] == [title for title, _ in real_text.ROWS.values()]
+    assert any(name.startswith("teacher re-ranks the") for name in names)
+    assert any(name.startswith("teacher re-ranks BM25") for name in names)
+    assert len(rows) == 2 + len(real_text.ROWS) + 2
+    for row in rows:
+        cells = row.strip("| ").split(" | ")[1:4]
+        for value in cells:  # "mean ± sd" or a single value
+            mean = float(value.split(" ± ")[0])
+            assert math.isfinite(mean) and 0.0 <= mean <= 1.0, row
+    for name, result in first["stages"].items():
+        for metric, value in result.get("metrics", {}).items():
+            assert 0.0 <= value <= 1.0, (name, metric, value)
+    assert set(first["ran"]) >= {"data", "bm25", "teacher", "teacher-bm25", "zero-shot", "mine", "cache", "two-stage"}
+    assert first["stages"]["cache"]["teacher_pairs"] > 0
+    assert (out / "teacher" / "model.safetensors").is_file()
+    assert "<!-- real-text:start -->" in markdown.read_text()
+
+    capsys.readouterr()
+    real_text.main(argv)  # every stage is done: nothing runs again, the same table comes back
+    second = json.loads((out / "results.json").read_text())
+    assert second["ran"] == []
+    assert (out / "real-text.md").read_text() == table
+    assert not re.search(r"\] \S+: running", capsys.readouterr().out)
