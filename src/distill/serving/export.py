@@ -21,6 +21,10 @@ The folder is built in a temporary sibling and put in place in one step (:func:`
 a failed export leaves an earlier export of the same folder untouched, and a second export into the same
 folder at the same time is refused. ``python -m distill export --ckpt ...`` (:mod:`distill.cli.export`)
 rebuilds the student from a run's checkpoint and recipe and calls this.
+
+A late-interaction student (:class:`~distill.students.LateInteractionEncoder`, token embeddings) is refused with
+an :class:`~distill.errors.InputError` before anything is written: it is evaluated and searched from its
+checkpoint for now.
 """
 
 from __future__ import annotations
@@ -132,6 +136,11 @@ def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_s
     if spec is None:
         raise ValueError("export_student needs the student's class_path/init_args: pass student_spec= or a record "
                          "with the recipe")
+    if embedding_kind(student) == "late-interaction":
+        raise InputError(f"cannot export {type(student).__name__}: late-interaction students (token embeddings) are "
+                         "evaluated and searched from the checkpoint for now (`distill test --config <recipe> "
+                         "--ckpt_path <ckpt>`, distill.serving.late_search); export a pooled student (e.g. "
+                         "students/shapes-dual-encoder.yaml)")
     spec = self_contained_spec(spec, student)
     top_k = {"top_k_a": top_k_a, "top_k_b": top_k_b}
     spec["init_args"].update({name: int(k) for name, k in top_k.items() if k is not None})

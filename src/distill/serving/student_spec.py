@@ -100,6 +100,11 @@ def shares_encoder(student: nn.Module) -> bool:
 
 
 def embedding_kind(student: nn.Module) -> str:
+    """``"sparse"``, ``"late-interaction"`` (token embeddings, :class:`~distill.students.LateInteractionEncoder`)
+    or ``"dense"``."""
+    from distill.students.late_interaction import LateInteractionEncoder
     from distill.students.sparse import SparseDualEncoder
 
+    if isinstance(student, LateInteractionEncoder):
+        return "late-interaction"
     return "sparse" if isinstance(student, SparseDualEncoder) else "dense"
