@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from distill.teachers.shapes import ShapesCrossEncoderConfig
+from distill.teachers.shapes_config import ShapesCrossEncoderConfig
 
 
 def transformer_encoder(width: int, heads: int, layers: int, mlp_ratio: int, dropout: float) -> nn.TransformerEncoder:
@@ -45,7 +42,7 @@ class StudentTowers(nn.Module):
     [B, L, width]``: a BERT built like the student's ``TransformersTextTower`` (no pooler; CLS at position 0).
     """
 
-    def __init__(self, config: "ShapesCrossEncoderConfig") -> None:
+    def __init__(self, config: ShapesCrossEncoderConfig) -> None:
         super().__init__()
         import timm
         from transformers import BertConfig, BertModel
