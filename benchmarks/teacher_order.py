@@ -103,7 +103,7 @@ def direction_stats(model, similarity: torch.Tensor, image_ids: torch.Tensor, ro
 def binding_accuracy(model, data, anchors: int) -> dict[str, dict[str, float]]:
     """``{swap kind: {score: % of test images whose true caption outscores its swap}}`` (grid split)."""
     from distill.data.batch import normalize_pixels
-    from distill.data.shapes_grid import SWAP_FIELDS, swapped_caption
+    from distill.data.shapes.grid import SWAP_FIELDS, swapped_caption
 
     teacher, student = model.teacher, model.student  # without a teacher: the student's column alone
     rng = np.random.default_rng(0)

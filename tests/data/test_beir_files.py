@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.beir_files import read_qrels
+from distill.data.beir.files import read_qrels
 from distill.data.common import DataError
 
 

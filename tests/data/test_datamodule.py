@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from distill.data.datamodule import ShapesDataModule
+from distill.data.shapes.datamodule import ShapesDataModule
 from distill.data.shapes import caption_template, parse_caption
 
 SMALL = dict(seed=0, num_train=50, num_val=10, num_test=12, batch_size=8, eval_batch_size=16)

@@ -88,7 +88,7 @@ def test_builtin_student_transform_and_tokenizer(image_text_data, tiny_models) -
 
 
 def test_each_image_is_decoded_once(image_text_data, tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
-    import distill.data.paired as paired
+    import distill.data.paired.datamodule as paired
 
     module = _module(image_text_data, tiny_models, teacher_processor=str(tiny_models.blip))
     calls: list[str] = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distill.data.shapes import COLORS, SPLITS, generate_corpus, signature_overlap, vocabulary
-from distill.data.shapes_grid import (
+from distill.data.shapes.grid import (
     SWAP_FIELDS,
     TEMPLATES,
     GridObject,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distill.data.common import DataError, DataFileNotFound
-from distill.data.text_table import TextTable
+from distill.data.beir.text_table import TextTable
 from tests.helpers import PASSAGES, write_beir
 
 RECORDS = [

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from distill.data.shapes import generate_corpus, templates_for, vocabulary
-from distill.data.tokenizer import SPECIAL_TOKENS, build_shapes_tokenizer
+from distill.data.shapes.tokenizer import SPECIAL_TOKENS, build_shapes_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.data.beir import BeirTextDataModule
+from distill.data.beir.datamodule import BeirTextDataModule
 from distill.errors import InputError
 from distill.evaluation.ranking import pairs_mask, top_k
 from distill.inputs import to_device
@@ -75,7 +75,7 @@ def _encode(student: nn.Module, collate: Any, rows: Sequence[int], side: str, ba
 
 def _judged(datamodule: BeirTextDataModule, split: str) -> dict[int, list[int]]:
     """``{query row: [positive passage rows]}`` of ``qrels/<split>.tsv`` (grade > 0, passages in the corpus)."""
-    from distill.data.beir_files import read_qrels
+    from distill.data.beir.files import read_qrels
 
     path = datamodule.data_dir / "qrels" / f"{split}.tsv"
     qrels = read_qrels(path)

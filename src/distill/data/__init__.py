@@ -1,7 +1,18 @@
-"""Synthetic shapes benchmark: corpus generation, tokenizer, batches and data module.
+"""Data modules of the three data sets, each in its own package, over shared batch conventions.
 
-Names are re-exported lazily, so ``distill.data.shapes`` can be used without importing
-Lightning or Transformers.
+* :mod:`distill.data.shapes`: the synthetic shapes benchmark (scenes in a row or a 3x3 grid, rendering,
+  captions, its tokenizer and :class:`ShapesDataModule`);
+* :mod:`distill.data.paired`: image-caption pairs from files, COCO / Flickr30K Karpathy JSON or JSONL
+  (:class:`PairedImageTextDataModule`);
+* :mod:`distill.data.beir`: text retrieval data in the BEIR layout (:class:`BeirTextDataModule`).
+
+Shared by all three: :mod:`~distill.data.batch` (batch types, collate), :mod:`~distill.data.common` (file
+reading, tokenising, bad items), :mod:`~distill.data.items` (splits as (a, b) pairs, items by id),
+:mod:`~distill.data.sampling` (resumable train loaders), :mod:`~distill.data.image_preprocessing`. The data
+set packages import these and never each other.
+
+The names below are re-exported lazily (recipes name them as ``class_path: distill.data.<Name>``), so
+``distill.data.shapes`` can be used without importing Lightning or Transformers.
 """
 
 from __future__ import annotations
@@ -17,13 +28,13 @@ _EXPORTS: dict[str, str] = {
     "collate_pairs": "batch",
     "normalize_pixels": "batch",
     "pad_token_ids": "batch",
-    "BeirTextDataModule": "beir",
-    "PairedImageTextDataModule": "paired",
-    "CaptionPairDataset": "datamodule",
-    "EncodedCaptions": "datamodule",
-    "ShapesDataModule": "datamodule",
-    "encode_captions": "datamodule",
-    "render_split": "datamodule",
+    "BeirTextDataModule": "beir.datamodule",
+    "PairedImageTextDataModule": "paired.datamodule",
+    "CaptionPairDataset": "shapes.datamodule",
+    "EncodedCaptions": "shapes.datamodule",
+    "ShapesDataModule": "shapes.datamodule",
+    "encode_captions": "shapes.datamodule",
+    "render_split": "shapes.datamodule",
     "COLORS": "shapes",
     "SHAPES": "shapes",
     "SIZES": "shapes",
@@ -47,8 +58,8 @@ _EXPORTS: dict[str, str] = {
     "scene_layout": "shapes",
     "templates_for": "shapes",
     "vocabulary": "shapes",
-    "SPECIAL_TOKENS": "tokenizer",
-    "build_shapes_tokenizer": "tokenizer",
+    "SPECIAL_TOKENS": "shapes.tokenizer",
+    "build_shapes_tokenizer": "shapes.tokenizer",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -63,9 +74,9 @@ if TYPE_CHECKING:
         normalize_pixels,
         pad_token_ids,
     )
-    from distill.data.beir import BeirTextDataModule
-    from distill.data.paired import PairedImageTextDataModule
-    from distill.data.datamodule import (
+    from distill.data.beir.datamodule import BeirTextDataModule
+    from distill.data.paired.datamodule import PairedImageTextDataModule
+    from distill.data.shapes.datamodule import (
         CaptionPairDataset,
         EncodedCaptions,
         ShapesDataModule,
@@ -97,7 +108,7 @@ if TYPE_CHECKING:
         templates_for,
         vocabulary,
     )
-    from distill.data.tokenizer import SPECIAL_TOKENS, build_shapes_tokenizer
+    from distill.data.shapes.tokenizer import SPECIAL_TOKENS, build_shapes_tokenizer
 
 
 def __getattr__(name: str) -> Any:

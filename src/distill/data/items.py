@@ -128,7 +128,7 @@ def corpus_from_datamodule(datamodule: Any, split: str = "train") -> PairCorpus:
 
     Ids come from the dataset's ``image_ids`` / ``caption_ids`` tensors
     (:class:`~distill.data.CaptionPairDataset`), from ``records[i].a_id / .b_id``
-    (:class:`~distill.data.paired.PairedImageTextDataset`), or else from each item's ``a_id`` / ``b_id``.
+    (:class:`~distill.data.paired.items.PairedImageTextDataset`), or else from each item's ``a_id`` / ``b_id``.
     """
     datamodule = unwrap_datamodule(datamodule)
     loader = split_loader(datamodule, split)

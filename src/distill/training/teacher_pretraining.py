@@ -36,7 +36,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from distill.data.items import item_store
-from distill.data.tokenizer import MASK_TOKEN, SPECIAL_TOKENS
+from distill.data.shapes.tokenizer import MASK_TOKEN, SPECIAL_TOKENS
 from distill.evaluation import DEFAULT_KS, EvalContext, RecallEvaluator, Results
 from distill.losses import symmetric_infonce_loss
 from distill.teachers.scoring import TeacherScorer

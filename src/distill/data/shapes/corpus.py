@@ -1,8 +1,8 @@
 """The shapes corpus: train/val/test scenes with captions, for either layout (``row`` or ``grid``).
 
 ``generate_corpus`` is a pure function of its arguments. A *layout* is the family of scenes
-(``row``: objects left to right, :mod:`distill.data.shapes_row`; ``grid``: objects in named cells
-of a 3x3 grid, :mod:`distill.data.shapes_grid`); the corpus logic (unique signatures, binding
+(``row``: objects left to right, :mod:`distill.data.shapes.row`; ``grid``: objects in named cells
+of a 3x3 grid, :mod:`distill.data.shapes.grid`); the corpus logic (unique signatures, binding
 twins kept in their split, captions, render seeds) is the same for both.
 """
 
@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from distill.data import shapes_grid, shapes_render, shapes_row
+from distill.data.shapes import grid, row
+from distill.data.shapes.render import render_scene as render_row_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SPLIT_STREAM = {"test": 0, "val": 1, "train": 2}
@@ -55,23 +56,23 @@ def row_binding_negative_caption(caption: str, rng: np.random.Generator,
     Swaps whose signature is in ``exclude`` (e.g. every scene of a corpus) are avoided
     unless no other swap exists.
     """
-    signature = shapes_row.parse_caption(caption)
-    options = shapes_row.perturbations(signature)
+    signature = row.parse_caption(caption)
+    options = row.perturbations(signature)
     if not options:
         raise ValueError(f"caption '{caption}' describes identical objects and has no binding swap")
     allowed = [other for other in options if other not in exclude] or list(options)
     negative = allowed[int(rng.integers(len(allowed)))]
-    return shapes_row.describe(negative, shapes_row.caption_template(caption))
+    return row.describe(negative, row.caption_template(caption))
 
 
 LAYOUTS: dict[str, Layout] = {
-    "row": Layout("row", shapes_row.check_num_objects, shapes_row.signature_space_size, shapes_row.sample_signature,
-                  shapes_row.perturbations, shapes_row.templates_for, shapes_row.describe, shapes_row.parse_caption,
-                  row_binding_negative_caption, shapes_render.render_scene),
-    "grid": Layout("grid", shapes_grid.check_num_objects, shapes_grid.signature_space_size,
-                   shapes_grid.sample_signature, shapes_grid.perturbations, shapes_grid.templates_for,
-                   shapes_grid.describe, shapes_grid.parse_caption, shapes_grid.binding_negative_caption,
-                   shapes_grid.render_scene),
+    "row": Layout("row", row.check_num_objects, row.signature_space_size, row.sample_signature,
+                  row.perturbations, row.templates_for, row.describe, row.parse_caption,
+                  row_binding_negative_caption, render_row_scene),
+    "grid": Layout("grid", grid.check_num_objects, grid.signature_space_size,
+                   grid.sample_signature, grid.perturbations, grid.templates_for,
+                   grid.describe, grid.parse_caption, grid.binding_negative_caption,
+                   grid.render_scene),
 }
 
 

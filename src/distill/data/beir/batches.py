@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distill.data.common import TruncationLog, tokenize
-from distill.data.text_table import TextTable
+from distill.data.beir.text_table import TextTable
 
 __all__ = ["BeirItemStore", "RowDataset", "TextCollator", "TrainItem", "TripleDataset"]
 

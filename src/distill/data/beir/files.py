@@ -1,4 +1,7 @@
-"""Reading the files of a BEIR folder: JSONL records and ``qrels/<split>.tsv`` (texts: ``text_table``)."""
+"""Reading the files of a BEIR folder: JSONL records and ``qrels/<split>.tsv``.
+
+The texts of ``corpus.jsonl`` / ``queries.jsonl`` are read by row: :mod:`~distill.data.beir.text_table`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.data.common import DataError, DataFileNotFound, logger, read_utf8
-from distill.data.text_table import json_line
+from distill.data.beir.text_table import json_line
 
 __all__ = ["jsonl_records", "read_qrels"]
 

@@ -17,7 +17,7 @@ from distill.data.common import DataError, check_counts
 from distill.data.image_preprocessing import ImagePreprocessing
 from distill.data.sampling import resumable_train_loader
 from distill.data.shapes import SPLITS, ShapesCorpus, binding_negative_caption, generate_corpus
-from distill.data.tokenizer import build_shapes_tokenizer
+from distill.data.shapes.tokenizer import build_shapes_tokenizer
 
 _NEGATIVE_STREAM = 101
 

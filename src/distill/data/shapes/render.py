@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from distill.data.shapes_row import COLORS, Signature, check_num_objects
+from distill.data.shapes.row import COLORS, Signature, check_num_objects
 
 _BASE_RADIUS = {"small": 5.0, "large": 9.0}
 _REFERENCE_SIZE = 64

@@ -2,21 +2,24 @@
 
 Two layouts share one corpus generator (:func:`generate_corpus`, ``layout=``):
 
-* ``row`` (:mod:`distill.data.shapes_row`): a row of ``num_objects`` coloured shapes, captions that
+* ``row`` (:mod:`distill.data.shapes.row`): a row of ``num_objects`` coloured shapes, captions that
   chain the objects left to right ("a small red circle left of a large blue square ...");
-* ``grid`` (:mod:`distill.data.shapes_grid`): objects in named cells of a 3x3 grid, captions that
+* ``grid`` (:mod:`distill.data.shapes.grid`): objects in named cells of a 3x3 grid, captions that
   name each object's cell ("small red circle at top left , ...").
 
 A scene's *signature* is exactly what its captions describe, so a caption identifies one scene.
 Binding hard negatives (*twins*) reuse the same words with the attributes bound to different
 objects. Everything is a pure function of its arguments; nothing is downloaded. The names below
 keep their meaning for the row layout (the benchmark's original form).
+
+The package's other modules are imported on their own, so this one needs only numpy and Pillow:
+:mod:`~distill.data.shapes.tokenizer` (the word-level tokenizer of the captions) and
+:mod:`~distill.data.shapes.datamodule` (:class:`ShapesDataModule`, Lightning and Transformers).
 """
 
 from __future__ import annotations
 
-from distill.data import shapes_grid
-from distill.data.shapes_corpus import (
+from distill.data.shapes.corpus import (
     LAYOUTS,
     SPLITS,
     Layout,
@@ -26,8 +29,9 @@ from distill.data.shapes_corpus import (
     generate_corpus,
     get_layout,
 )
-from distill.data.shapes_render import Placement, render_scene, scene_layout
-from distill.data.shapes_row import (
+from distill.data.shapes.grid import vocabulary as grid_vocabulary
+from distill.data.shapes.render import Placement, render_scene, scene_layout
+from distill.data.shapes.row import (
     ANCHORED,
     COLOR_NAMES,
     COLORS,
@@ -66,7 +70,7 @@ def vocabulary() -> tuple[str, ...]:
     """Every word any caption can contain: the row layout's words sorted, then the words only the grid
     layout uses, sorted (so adding a layout never renumbers the words of an earlier one)."""
     row = _row_vocabulary()
-    return tuple(sorted(row)) + tuple(sorted(set(shapes_grid.vocabulary()) - row))
+    return tuple(sorted(row)) + tuple(sorted(set(grid_vocabulary()) - row))
 
 
 def signature_overlap(first: Signature, second: Signature) -> int:

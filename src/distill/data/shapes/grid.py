@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from distill.data.shapes_render import Placement, draw_objects
-from distill.data.shapes_row import COLOR_NAMES, COLORS, SHAPES, SIZES
+from distill.data.shapes.render import Placement, draw_objects
+from distill.data.shapes.row import COLOR_NAMES, COLORS, SHAPES, SIZES
 
 GRID_ROWS: tuple[str, ...] = ("top", "middle", "bottom")
 GRID_COLUMNS: tuple[str, ...] = ("left", "centre", "right")

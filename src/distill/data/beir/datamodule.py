@@ -14,7 +14,7 @@ from every positive of ``qrels/<train_split>.tsv``. With ``num_negatives > 0`` e
 draws that many of its row's ``negative_ids``, anew each epoch (a function of the seed, the item and the
 epoch, so a resumed run draws what an uninterrupted one would).
 
-``queries`` and ``corpus`` are :class:`~distill.data.text_table.TextTable` s: ids and line offsets in numpy
+``queries`` and ``corpus`` are :class:`~distill.data.beir.text_table.TextTable` s: ids and line offsets in numpy
 arrays (about 24 bytes a passage for MS MARCO), texts read from a memory map of the file when batched.
 
 Batches (``a`` = queries, ``b`` = passages; ids are row numbers in queries.jsonl / corpus.jsonl):
@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from distill.data.beir_batches import BeirItemStore, RowDataset, TextCollator, TrainItem, TripleDataset
-from distill.data.beir_files import jsonl_records, read_qrels
+from distill.data.beir.batches import BeirItemStore, RowDataset, TextCollator, TrainItem, TripleDataset
+from distill.data.beir.files import jsonl_records, read_qrels
 from distill.data.common import (
     check_counts,
     BadItemPolicy,
@@ -54,7 +54,7 @@ from distill.data.common import (
     model_max_length,
 )
 from distill.data.sampling import resumable_train_loader
-from distill.data.text_table import TextTable
+from distill.data.beir.text_table import TextTable
 from distill.errors import InputError
 from distill.pretrained import load_tokenizer
 

@@ -13,7 +13,7 @@ positives of each other), ``b_id`` the caption. An item's image is decoded with 
 turned into the student's ``pixel_values`` and, when the teacher's image processor differs, the
 teacher's. Captions are tokenised per batch for the student and, when the teacher's tokenizer
 differs, for the teacher: batches then carry ``teacher_a`` / ``teacher_b`` (see
-:func:`distill.module.teacher_views`).
+:func:`distill.data.batch.teacher_views`).
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from distill.data.common import (
 )
 from distill.data.image_preprocessing import ImagePreprocessing
 from distill.data.items import PairCorpus, PairItemStore
-from distill.data.paired_files import read_jsonl, read_karpathy
+from distill.data.paired.files import read_jsonl, read_karpathy
 from distill.data.sampling import resumable_train_loader
 from distill.errors import InputError
 from distill.pretrained import load_processor_parts
 
-from distill.data.paired_items import (
+from distill.data.paired.items import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     UNREADABLE_IMAGE_ERRORS,
