@@ -77,6 +77,13 @@ LOADER_ONLY_ARGS = frozenset({
 })
 DATA_FIELD_ORDER = ("class", "init_args", "num_items", "num_a", "num_b", "fingerprint")
 REBUILD_HINT = "rebuild it with `python -m distill cache-teacher --config <recipe> --out <dir>`"
+# A data module's class as caches name it: the module it was defined in when the cache format was fixed. Data
+# modules that moved since keep that name, so the caches built before the move still match their recipes.
+CACHED_CLASS_NAMES = {
+    "distill.data.shapes.datamodule.ShapesDataModule": "distill.data.datamodule.ShapesDataModule",
+    "distill.data.paired.datamodule.PairedImageTextDataModule": "distill.data.paired.PairedImageTextDataModule",
+    "distill.data.beir.datamodule.BeirTextDataModule": "distill.data.beir.BeirTextDataModule",
+}
 
 
 class CacheMismatchError(DataError):
@@ -150,11 +157,13 @@ def data_identity(datamodule: Any, corpus: PairCorpus, split: str) -> dict[str, 
     """Class, corpus-defining init args, counts and fingerprint of a data module's split.
 
     ``fingerprint = sha256(json(class, init_args, split) + a_ids + b_ids)`` with ``init_args`` from
-    :func:`datamodule_init_args` (batch sizes and workers are left out, so they can change freely).
+    :func:`datamodule_init_args` (batch sizes and workers are left out, so they can change freely) and
+    ``class`` the module path and name, or its :data:`CACHED_CLASS_NAMES` entry.
     """
     datamodule = unwrap_datamodule(datamodule)
     init_args = datamodule_init_args(datamodule)
     cls = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+    cls = CACHED_CLASS_NAMES.get(cls, cls)
     digest = hashlib.sha256(json.dumps({"class": cls, "init_args": init_args, "split": split},
                                        sort_keys=True).encode())
     digest.update(corpus.a_ids.numpy().astype("<i8").tobytes())
