@@ -1,1 +1,1 @@
-"""Tests of the synthetic shapes data pipeline."""
+"""Tests of distill.data: one package per data set, and the bad-data messages of all three."""

@@ -1,4 +1,4 @@
-"""Corpus generation, captions, binding swaps and rendering of the shapes benchmark."""
+"""Corpus generation, captions, binding swaps and rendering of the shapes benchmark (the row layout)."""
 
 from __future__ import annotations
 
