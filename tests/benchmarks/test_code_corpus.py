@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.beir import BeirTextDataModule, read_qrels
+from distill.data.beir import BeirTextDataModule
+from distill.data.beir.files import read_qrels
 from distill.errors import InputError
 from tests.helpers import REPO_ROOT
 
