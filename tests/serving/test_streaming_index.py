@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.data.text_table import TextTable
+from distill.data.beir.text_table import TextTable
 from distill.errors import InputError
 from distill.serving import export_student
 from distill.serving.index import BackendSettings, DenseIndex, corpus as corpus_module, folder

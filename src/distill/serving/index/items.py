@@ -2,7 +2,7 @@
 
 ``items.jsonl`` holds one JSON object per index row, in row order, in the layout of a BEIR ``corpus.jsonl``
 (``_id``, ``text``) with the item's ``id``, ``a_id`` and ``doc_id`` added; ``_id`` is ``str(id)``.
-``items.npy`` holds per row what :class:`~distill.data.text_table.TextTable` keeps of a corpus file (its
+``items.npy`` holds per row what :class:`~distill.data.beir.text_table.TextTable` keeps of a corpus file (its
 line's byte offset, its ``_id``, whether its text is empty), so that opening an index parses no line: the
 file is memory-mapped and a search reads the lines of its hits only. About ``9 + <longest id>`` bytes a row
 are held (8.8M MS MARCO passages: ~150 MB), against ~0.5 KB a row for the items as Python objects.
@@ -22,7 +22,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from distill.data.text_table import TextTable, _fixed_width
+from distill.data.beir.text_table import TextTable, _fixed_width
 from distill.io import atomic_writer
 from distill.serving.index.corpus import CorpusItem, tie_order
 
