@@ -2,6 +2,7 @@
 
     python benchmarks/retrieval.py            # N = 10k, 100k, 1M (a few minutes on 2 CPU cores)
     python benchmarks/retrieval.py --quick    # tiny sizes, a few seconds; for smoke tests
+    python benchmarks/retrieval.py --part dtypes   # exact search, float32 vs float16 vectors (docs/deployment.md)
 
 Everything is measured in this one process run, side by side:
 
@@ -881,6 +882,72 @@ def backend_verdicts(rows: list[BackendRow], settings: Settings) -> list[str]:
     return [*default_verdict(rows, settings), *sparse_verdict(rows, settings), *approximate_verdict(rows, settings)]
 
 
+# ---------------------------------------------------------------------------- stored precision
+DTYPE_SIZES = {False: (100_000, 384, 20), True: (2_000, 64, 5)}  # quick: (N, D, single queries timed)
+DEPLOYMENT_OUT = REPO / "docs" / "deployment.md"
+
+
+DtypeRow = tuple[str, str, int, float, float, float]  # backend, dtype, bytes, ms 1 query, ms 64 queries, recall@10
+
+
+def run_dtypes(quick: bool) -> tuple[list[DtypeRow], dict[str, str]]:
+    """FAISS flat and numpy exact search over the same N unit-norm vectors stored as float32 and as float16, each
+    opened from its saved files as ``distill search`` opens them: ``(backend, dtype, bytes, ms for one query, ms for
+    a batch of 64, recall@10 of the batch against numpy over the float32 vectors)``, calls interleaved."""
+    from distill.serving.index import BackendSettings
+
+    n, dim, singles = DTYPE_SIZES[quick]
+    rng = np.random.default_rng(7)
+    corpus = dense_vectors(rng, n, dim)
+    queries = dense_vectors(rng, 64 + singles, dim)
+    batch, single = queries[:64], queries[64:]
+    notes = {"load_start": f"{os.getloadavg()[0]:.1f}"}
+    candidates: list[tuple[str, str, object]] = []
+    with tempfile.TemporaryDirectory() as work:
+        for dtype in ("float32", "float16"):
+            stored = corpus.astype(dtype)  # as `distill index` writes its vector file
+            folder = Path(work) / f"numpy-{dtype}"
+            folder.mkdir()
+            DenseIndex(stored).save(folder)
+            candidates.append(("numpy", dtype, DenseIndex.load(folder)))
+            if have("faiss"):
+                from distill.serving.index.faiss_backend import FaissIndex
+
+                folder = Path(work) / f"faiss-{dtype}"
+                folder.mkdir()
+                with build_threads():
+                    FaissIndex.build(stored.astype(np.float32), BackendSettings(backend="faiss",
+                                                                                vector_dtype=dtype)).save(folder)
+                candidates.append(("faiss", dtype, FaissIndex.load(folder, BackendSettings(backend="faiss"))))
+            del stored
+        candidates.sort(key=lambda c: (c[0] != "faiss", c[1] != "float32"))
+        one = interleaved_ms([lambda i, c=c: c[2].search(single[i % singles:i % singles + 1], 10)
+                              for c in candidates], singles)
+        many = interleaved_ms([lambda i, c=c: c[2].search(batch, 10) for c in candidates], 3)
+        exact = next(c[2] for c in candidates if c[:2] == ("numpy", "float32")).search(batch, 10)[1]
+        rows = [(backend, dtype, int(index.nbytes), a, b, recall_at_k(index.search(batch, 10)[1], exact))
+                for (backend, dtype, index), a, b in zip(candidates, one, many)]
+        del candidates
+    notes["load_end"] = f"{os.getloadavg()[0]:.1f}"
+    notes["size"] = f"N = {n:,}, D = {dim}"
+    return rows, notes
+
+
+def render_dtypes(rows: list[DtypeRow], notes: dict[str, str], command: str) -> str:
+    """The markdown table of :func:`run_dtypes` with its command, machine and load."""
+    base = {backend: (one, many) for backend, dtype, _, one, many, _ in rows if dtype == "float32"}
+    lines = [f"`{command}` ({notes['size']} unit-norm Gaussian vectors, exact top-10, one thread; "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+             f"{notes['load_start']} -> {notes['load_end']}):", "",
+             "| backend | stored | index bytes | 1 query, ms | 64 queries, ms (per query) | time vs float32: 1 query "
+             "| 64 queries | recall@10 vs numpy float32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for backend, dtype, nbytes, one, many, recall in rows:
+        base_one, base_many = base.get(backend, (one, many))
+        lines.append(f"| {backend} | {dtype} | {nbytes:,} | {one:.2f} | {many:.1f} ({many / 64:.2f}) | "
+                     f"{one / base_one:.2f}x | {many / base_many:.2f}x | {recall:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _version(distribution: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -893,11 +960,24 @@ def _version(distribution: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
-    parser.add_argument("--part", choices=("all", "latency", "backends"), default="all",
+    parser.add_argument("--part", choices=("all", "latency", "backends", "dtypes"), default="all",
                         help="latency: teacher vs student and sparse vs dense; backends: every index backend side by "
-                             "side (each rewrites its own part of the section)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write")
+                             "side (each rewrites its own part of the section); dtypes: exact search over float32 "
+                             "and float16 vectors, FAISS and numpy (its own section of docs/deployment.md)")
+    parser.add_argument("--out", help=f"markdown file to write (default {DEFAULT_OUT.relative_to(REPO)}; "
+                                      f"--part dtypes: {DEPLOYMENT_OUT.relative_to(REPO)})")
     args = parser.parse_args(argv)
+    if args.part == "dtypes":
+        from distill.cli.report import update_markdown_section
+
+        out = args.out or str(DEPLOYMENT_OUT)
+        body = render_dtypes(*run_dtypes(args.quick), "python benchmarks/retrieval.py" +
+                             (" --quick" if args.quick else "") + " --part dtypes")
+        print(body)
+        update_markdown_section(out, "vector-dtype", body)
+        print(f"wrote {out}", file=sys.stderr)
+        return
+    args.out = args.out or str(DEFAULT_OUT)
     torch.set_num_threads(1)
     settings = QUICK if args.quick else FULL
     command = "python benchmarks/retrieval.py" + (" --quick" if args.quick else "")

@@ -82,7 +82,7 @@ def test_a_streamed_index_searches_as_the_in_memory_build(tmp_path: Path, studen
     monkeypatch.setattr(folder, "encode_texts", text_vectors)
     data = Captions(300)
     build_index(student, data, "test", tmp_path / "index", chunk_size=16, progress=False,
-                settings=BackendSettings(backend=backend))
+                settings=BackendSettings(backend=backend, vector_dtype="float16"))
     items, vectors = in_memory_reference(data)
     rng = np.random.default_rng(1)
     queries = vectors[rng.choice(len(vectors), 25, replace=False)] + 0.05 * rng.standard_normal((25, vectors.shape[1]))
@@ -110,7 +110,7 @@ def test_a_streamed_index_searches_as_the_in_memory_build(tmp_path: Path, studen
 def test_items_are_read_back_by_row_and_by_id(tmp_path: Path, student: Path) -> None:
     data = Captions(120, seed=3)
     build_index(student, data, "test", tmp_path / "index", chunk_size=8, progress=False,
-                settings=BackendSettings(backend="numpy"))
+                settings=BackendSettings(backend="numpy", vector_dtype="float16"))
     meta, index, items = open_index(tmp_path / "index")
     want, _ = in_memory_reference(data)
     assert isinstance(items, ItemTable) and len(items) == len(index) == meta["count"] == 120

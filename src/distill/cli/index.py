@@ -8,7 +8,8 @@ from distill.cli.args import CommandParser, positive_int
 from distill.cli.recipe import load_datamodule
 from distill.io import read_json
 from distill.outputs import claim_output
-from distill.serving.index.backends import BACKENDS, EXTRAS, FAISS_TYPES, BackendSettings
+from distill.serving.index.backends import BACKENDS, EXTRAS, FAISS_TYPES, FLOAT32_BUDGET, VECTOR_DTYPES, \
+    BackendSettings
 from distill.serving.index.folder import INDEX_META, build_index
 
 __all__ = ["build_parser", "main"]
@@ -33,6 +34,11 @@ def build_parser() -> CommandParser:
     parser.add_argument("--weights", choices=("float32", "uint8"), default="float32",
                         help="sparse students, numpy backend: posting weights, exact float32 or uint8 impacts")
     parser.add_argument("--top-k", type=positive_int, help="sparse students: keep each item's k largest weights")
+    parser.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default=defaults.vector_dtype,
+                        help=f"dense students, numpy and faiss backends: stored precision. auto (default): float32 "
+                             f"while the N x D float32 vectors take at most {FLOAT32_BUDGET >> 30} GiB (fastest exact "
+                             "search), float16 above it (half the memory, about 2**-11 relative error per "
+                             "coordinate)")
     faiss = parser.add_argument_group("faiss")
     faiss.add_argument("--faiss-type", choices=FAISS_TYPES, default=defaults.faiss_type,
                        help="flat: exact IndexFlatIP; ivf / hnsw: approximate")
@@ -64,7 +70,8 @@ def main(argv: list[str]) -> None:
                                nprobe=args.nprobe, pq=args.pq, hnsw_m=args.hnsw_m,
                                ef_construction=args.ef_construction, ef_search=args.ef_search, url=args.url,
                                collection=args.collection, exact=args.exact, shards=args.shards,
-                               replicas=args.replicas, query_cut=args.query_cut, heap_factor=args.heap_factor)
+                               replicas=args.replicas, query_cut=args.query_cut, heap_factor=args.heap_factor,
+                               vector_dtype=args.vector_dtype)
     with claim_output(args.out, "index", "--out", {"--student": args.student, "--data": args.data}):
         out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
                           progress=not args.no_progress, weights=args.weights,

@@ -31,7 +31,8 @@ import numpy as np
 
 from distill.errors import InputError
 
-__all__ = ["BACKENDS", "EXTRAS", "BackendSettings", "VectorIndex", "default_backend", "require"]
+__all__ = ["BACKENDS", "EXTRAS", "FLOAT32_BUDGET", "VECTOR_DTYPES", "BackendSettings", "VectorIndex",
+           "default_backend", "require", "stored_dtype"]
 
 EXTRAS: dict[str, tuple[str, str]] = {
     # backend: (module to import, pinned requirement)
@@ -42,6 +43,25 @@ EXTRAS: dict[str, tuple[str, str]] = {
 BACKENDS: dict[str, tuple[str, ...]] = {"numpy": ("dense", "sparse"), "faiss": ("dense",),
                                         "qdrant": ("dense", "sparse"), "seismic": ("sparse",)}
 FAISS_TYPES = ("flat", "ivf", "hnsw")
+VECTOR_DTYPES = ("auto", "float32", "float16")
+FLOAT32_BUDGET = 2 << 30  # bytes: dense vectors up to this size as float32 are stored as float32 (``auto``)
+
+
+def stored_dtype(requested: str, count: int, dim: int, budget: int = FLOAT32_BUDGET) -> str:
+    """The precision dense vectors are stored in: ``requested`` (``float32`` / ``float16``), or for ``auto``
+    float32 when the ``[count, dim]`` float32 array takes at most ``budget`` bytes (2 GiB: 1.4M vectors at
+    D = 384) and float16 above it.
+
+    Why: float32 is what BLAS and FAISS's ``IndexFlatIP`` score fastest (no conversion per query; measured in
+    docs/deployment.md, "Stored precision") and what the student computed; float16 halves the memory (8.8M x 384
+    is 6.3 GiB, not 12.6) at a relative error of at most 2**-11 per coordinate, which matters only once the
+    float32 vectors would crowd a serving machine's memory.
+    """
+    if requested not in VECTOR_DTYPES:
+        raise InputError(f"--vector-dtype {requested!r} is not one of {VECTOR_DTYPES}")
+    if requested != "auto":
+        return requested
+    return "float32" if int(count) * int(dim) * 4 <= budget else "float16"
 
 
 class VectorIndex(Protocol):
@@ -91,6 +111,8 @@ class BackendSettings:
     ``shard_number`` / ``replication_factor`` on a cluster).
     Seismic (sparse): ``query_cut`` (the query's largest weights searched) and ``heap_factor`` (below 1: more
     blocks visited, slower, higher recall).
+    Dense numpy and FAISS: ``vector_dtype`` the stored precision, ``auto`` / ``float32`` / ``float16``
+    (:func:`stored_dtype`); Qdrant stores float32.
     """
 
     backend: str | None = None
@@ -108,6 +130,7 @@ class BackendSettings:
     replicas: int | None = None
     query_cut: int = 10
     heap_factor: float = 0.9
+    vector_dtype: str = "auto"
 
     def resolve(self, kind: str) -> "BackendSettings":
         """These settings with the backend chosen and checked against the student's ``kind``."""
@@ -128,6 +151,13 @@ class BackendSettings:
             raise InputError("--shards and --replicas apply to a Qdrant server or cluster: add --url")
         if self.pq is not None and self.faiss_type == "flat":
             raise InputError("--pq compresses an approximate index: add --faiss-type ivf or hnsw")
+        if self.vector_dtype not in VECTOR_DTYPES:
+            raise InputError(f"--vector-dtype {self.vector_dtype!r} is not one of {VECTOR_DTYPES}")
+        if self.vector_dtype != "auto" and kind != "dense":
+            raise InputError(f"--vector-dtype applies to dense students; this student's vectors are {kind} (use "
+                             "--weights for the numpy inverted index's precision)")
+        if self.vector_dtype == "float16" and backend == "qdrant":
+            raise InputError("--vector-dtype float16 applies to --backend faiss and numpy; Qdrant stores float32")
         if self.query_cut < 1 or not 0 < self.heap_factor < float("inf"):
             raise InputError(f"--query-cut must be >= 1 and --heap-factor > 0, got {self.query_cut} and "
                              f"{self.heap_factor}")

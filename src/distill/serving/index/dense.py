@@ -1,8 +1,11 @@
-"""Exact dot-product search over float16 (or float32) embeddings, scored in float32 in chunks of the corpus.
+"""Exact dot-product search over float32 (or float16) embeddings, scored in float32 in chunks of the corpus.
 
-An index folder keeps the embeddings in ``dense.npy`` (float16, as :mod:`~distill.serving.index.vectors` writes
-them while encoding) and :meth:`DenseIndex.load` memory-maps it: opening reads nothing but the finiteness check's
-pass, and search reads the file through the page cache.
+An index folder keeps the embeddings in ``dense.npy``, in the precision ``distill index --vector-dtype`` chose
+(:func:`~distill.serving.index.backends.stored_dtype`), as :mod:`~distill.serving.index.vectors` wrote them while
+encoding. :meth:`DenseIndex.load` reads float32 embeddings of at most ``FLOAT32_BUDGET`` bytes into memory (a
+query is then one BLAS product per chunk, nothing converted) and memory-maps the others: float16 ones, which
+search converts to float32 a chunk at a time for every query (several times slower, half the memory), and
+float32 ones over the budget, read through the page cache.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.io import atomic_write_json, atomic_writer, read_json
+from distill.serving.index.backends import FLOAT32_BUDGET
 from distill.serving.index.checks import check_finite
 
 ARRAYS_NAME = "dense.npy"
@@ -119,8 +123,9 @@ class DenseIndex:
                                                      "dtype": str(self.embeddings.dtype)})
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> "DenseIndex":
-        """Memory-map ``dense.npy`` (checked against ``dense.json`` and for NaN / infinite rows, in chunks)."""
+    def load(cls, folder: str | os.PathLike[str], budget: int = FLOAT32_BUDGET) -> "DenseIndex":
+        """Open ``dense.npy`` (checked against ``dense.json`` and for NaN / infinite rows, in chunks): float32
+        embeddings of at most ``budget`` bytes read into memory, any others memory-mapped."""
         meta = read_json(Path(folder) / META_NAME)
         if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != "dense":
             raise ValueError(f"'{Path(folder) / META_NAME}' is not a version-{FORMAT_VERSION} dense index")
@@ -132,5 +137,7 @@ class DenseIndex:
             raise ValueError(f"'{Path(folder) / META_NAME}' says {meta.get('count')} x {meta.get('dim')} "
                              f"{meta.get('dtype')} vectors, '{Path(folder) / ARRAYS_NAME}' holds {len(index)} x "
                              f"{index.dim} {embeddings.dtype}")
+        if embeddings.dtype == np.float32 and embeddings.nbytes <= budget:
+            index.embeddings = np.array(embeddings)  # in memory: no page faults on a cold or evicted page
         check_finite(Path(folder) / ARRAYS_NAME, index.embeddings)
         return index

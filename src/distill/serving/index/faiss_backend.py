@@ -1,16 +1,18 @@
 """Dense search on FAISS: exact flat search, approximate ``IVF`` / ``HNSW``, IVF with product quantisation.
 
-Flat, IVF and HNSW indexes store the vectors as float16 (FAISS's ``SQfp16`` scalar quantiser, decoded to float32
-to score: 8.8M x 384 vectors take 6.3 GiB, not 12.6); ``--pq`` stores PQ codes. A build reads the vectors in
-blocks (from an array or from the ``.npy`` file encoding wrote): IVF and PQ train on a random sample of at most
-:func:`training_rows` vectors, and the flat index's codes are allocated once at their final size and filled block
-by block.
+Flat, IVF and HNSW indexes store the vectors in the precision ``settings.vector_dtype`` resolves to
+(:func:`~distill.serving.index.backends.stored_dtype`): float32 (``IndexFlatIP``, ``IVF<nlist>,Flat``,
+``HNSW<M>``; a batch of queries is one BLAS product) or float16 (FAISS's ``SQfp16`` scalar quantiser, decoded to
+float32 to score: 8.8M x 384 vectors take 6.3 GiB, not 12.6, and exact search is several times slower);
+``--pq`` stores PQ codes. A build reads the vectors in blocks (from an array or from the ``.npy`` file encoding
+wrote): IVF and PQ train on a random sample of at most :func:`training_rows` vectors, and the flat index's codes
+are allocated once at their final size and filled block by block.
 
 The index is written with FAISS's own ``faiss.write_index`` (``faiss.index``) and read back with
-``faiss.read_index``; ``faiss.json`` records its type and the search-time settings (``nprobe``,
-``efSearch``). Scores are inner products, as for :class:`~distill.serving.index.DenseIndex`, and the exact
-type returns the same top-k as the numpy backend over the same float16 vectors (ties are ordered by row, as
-there).
+``faiss.read_index``; ``faiss.json`` records its type, the stored precision (``vector_dtype``) and the
+search-time settings (``nprobe``, ``efSearch``). Scores are inner products, as for
+:class:`~distill.serving.index.DenseIndex`, and the exact type returns the same top-k as the numpy backend over
+the same stored vectors (ties are ordered by row, as there).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from distill.errors import InputError
 from distill.io import atomic_path, atomic_write_json, read_json
-from distill.serving.index.backends import BackendSettings, require
+from distill.serving.index.backends import BackendSettings, require, stored_dtype
 from distill.serving.index.checks import check_finite
 from distill.serving.index.dense import merge_top_k
 from distill.serving.index.vectors import READ_ROWS, read_blocks, sample_rows
@@ -80,20 +82,22 @@ def _sample(vectors: Vectors, count: int) -> np.ndarray:
 
 
 def factory_string(settings: BackendSettings, count: int, dim: int) -> str:
-    """The ``faiss.index_factory`` description of ``settings`` for ``count`` vectors of width ``dim``."""
+    """The ``faiss.index_factory`` description of ``settings`` for ``count`` vectors of width ``dim`` (float32
+    storage ``Flat``, float16 ``SQfp16``, as ``settings.vector_dtype`` resolves for them)."""
     kind = settings.faiss_type
+    storage = "Flat" if stored_dtype(settings.vector_dtype, count, dim) == "float32" else "SQfp16"
     if kind == "flat":
-        return "SQfp16"
+        return storage
     if kind == "hnsw":
         if settings.pq is not None:
             raise InputError("--pq applies to --faiss-type ivf (FAISS's HNSW with PQ codes does not rank by inner "
                              "product)")
-        return f"HNSW{settings.hnsw_m},SQfp16"
+        return f"HNSW{settings.hnsw_m}" + (",SQfp16" if storage == "SQfp16" else "")
     nlist = settings.nlist or max(1, min(count, int(4 * math.sqrt(count))))
     if nlist > count:
         raise InputError(f"--nlist {nlist} needs at least {nlist} vectors to train its lists; the split has {count}")
     if settings.pq is None:
-        return f"IVF{nlist},SQfp16"
+        return f"IVF{nlist},{storage}"
     if dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the embedding width {dim}")
     if count < PQ_TRAINING_POINTS:
@@ -115,7 +119,7 @@ def blas_threshold(value: int) -> Iterator[None]:
 
 
 class FaissIndex:
-    """A FAISS index over ``[N, D]`` float32 vectors, ranked by inner product."""
+    """A FAISS index over ``[N, D]`` vectors (stored as float32, float16 or PQ codes), ranked by inner product."""
 
     def __init__(self, index: Any, settings: BackendSettings, description: str) -> None:
         self.index, self.settings, self.description = index, settings, description
@@ -126,7 +130,8 @@ class FaissIndex:
     @classmethod
     def build(cls, vectors: Vectors, settings: BackendSettings) -> "FaissIndex":
         """Train (IVF, PQ: on a sample of :func:`training_rows`) and fill an index of ``settings.faiss_type`` with
-        ``vectors`` (an ``[N, D]`` array or its ``.npy`` file), ``READ_ROWS`` at a time."""
+        ``vectors`` (an ``[N, D]`` array or its ``.npy`` file), ``READ_ROWS`` at a time, stored in the precision
+        ``settings.vector_dtype`` resolves to for ``[N, D]``."""
         faiss = require("faiss")
         count, dim = _shape(vectors)
         description = factory_string(settings, count, dim)
@@ -162,6 +167,16 @@ class FaissIndex:
     @property
     def dim(self) -> int:
         return int(self.index.d)
+
+    @property
+    def vector_dtype(self) -> str:
+        """How the index stores its vectors: ``float32``, ``float16`` or ``pq`` (product-quantisation codes)."""
+        stored = _stored_vectors(self._faiss, self.index)
+        if stored is not None:
+            return str(stored.dtype)
+        if "PQ" in self.description:
+            return "pq"
+        return "float16" if "SQfp16" in self.description else "float32"
 
     @property
     def nbytes(self) -> int:
@@ -204,7 +219,8 @@ class FaissIndex:
             faiss.write_index(self.index, str(tmp))
         self._nbytes = target.stat().st_size
         atomic_write_json(Path(folder) / META_NAME, {"description": self.description, "count": len(self),
-                                                     "dim": self.dim, **self.settings.manifest()})
+                                                     "dim": self.dim, "vector_dtype": self.vector_dtype,
+                                                     **self.settings.manifest()})
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], settings: BackendSettings) -> "FaissIndex":

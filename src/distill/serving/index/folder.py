@@ -10,8 +10,10 @@ of the same folder at the same time is refused; opening checks every file agains
 :mod:`distill.serving.index.query` searches it.
 
 A build streams: the split's items are written to the item table as they are read (then once more in tie order),
-the student encodes them ``chunk_size`` at a time, each chunk's vectors are appended to a float16 ``.npy`` file
-(sparse: CSR rows to two raw files), and the backend is built from that file in blocks. No list of all the items
+the student encodes them ``chunk_size`` at a time, each chunk's vectors are appended to a ``.npy`` file in the
+stored precision (``--vector-dtype``: float32 while the float32 vectors fit
+:data:`~distill.serving.index.backends.FLOAT32_BUDGET`, float16 above it; sparse: CSR rows to two raw files), and
+the backend is built from that file in blocks. No list of all the items
 or texts is made and the vectors are held once (by the backend, or by none: the numpy backend serves the file).
 """
 
@@ -21,13 +23,13 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
 from distill.io import atomic_folder, atomic_write_json, folder_manifest, read_json, verify_folder
-from distill.serving.index.backends import BackendSettings, VectorIndex, require
+from distill.serving.index.backends import BackendSettings, VectorIndex, require, stored_dtype
 from distill.serving.index.checks import check_manifest
 from distill.serving.index.corpus import encode_texts, split_items
 from distill.serving.index.dense import ARRAYS_NAME as DENSE_NAME
@@ -104,9 +106,10 @@ def _check_request(student_dir: str | os.PathLike[str], config: dict[str, Any], 
 
 
 def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: ItemTable, scratch: Path,
-            chunk_size: int, progress: bool, trust_remote_code: bool = False) -> Path | SparseSpill:
+            chunk_size: int, progress: bool, trust_remote_code: bool = False,
+            dtype: str = "float16") -> Path | SparseSpill:
     """Encode the items ``chunk_size`` at a time (:func:`encode_texts` per chunk) into ``scratch``: dense vectors
-    appended to ``VECTORS_NAME`` as float16 (returns its path), sparse rows to a :class:`SparseSpill`."""
+    appended to ``VECTORS_NAME`` as ``dtype`` (returns its path), sparse rows to a :class:`SparseSpill`."""
     from distill.progress import progress as progress_bar
     from distill.serving.loading import load_student, load_tokenizer
 
@@ -115,7 +118,7 @@ def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: 
     max_length = config["towers"]["b"]["max_length"]
     sparse = config["embedding"]["kind"] == "sparse"
     sink: VectorWriter | SparseSpill = SparseSpill(scratch) if sparse else \
-        VectorWriter(scratch / VECTORS_NAME, len(items), int(config["embedding"]["dim"]))
+        VectorWriter(scratch / VECTORS_NAME, len(items), int(config["embedding"]["dim"]), dtype)
     with progress_bar(len(items), "encoding b", "texts", enabled=progress) as bar:
         for chunk in items.chunks(chunk_size):
             for encoded in encode_texts(student, tokenizer, [item.text for item in chunk], "b", max_length,
@@ -130,7 +133,7 @@ def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: 
 
 def _build_backend(settings: BackendSettings, vectors: Path | SparseSpill, items: ItemTable, scratch: Path,
                    build_id: str, weights: str, top_k: int | None) -> tuple[Any, dict[str, Any]]:
-    """Build and write the backend's files into ``scratch`` from the encoded ``vectors`` (the float16 ``.npy`` file,
+    """Build and write the backend's files into ``scratch`` from the encoded ``vectors`` (the ``.npy`` file,
     or the spilled sparse rows); returns the index and what the manifest adds. The vector file is then removed
     (the numpy dense backend keeps it as ``dense.npy``)."""
     matrix = vectors.matrix() if isinstance(vectors, SparseSpill) else None
@@ -175,7 +178,9 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
                 settings: BackendSettings | None = None, trust_remote_code: bool = False) -> Path:
     """Encode ``split``'s b side with the exported student and write the index folder ``out_dir``.
 
-    ``settings`` picks the backend and its options (default: :class:`BackendSettings`, numpy). Sparse
+    ``settings`` picks the backend and its options (default: :class:`BackendSettings`, numpy), and for dense
+    students the stored precision (``vector_dtype``, resolved by
+    :func:`~distill.serving.index.backends.stored_dtype` and recorded as the manifest's ``vector_dtype``). Sparse
     students: ``weights`` picks the numpy posting format (``"float32"`` exact or ``"uint8"`` impacts, see
     :mod:`distill.serving.index.sparse`) and ``top_k`` keeps each item's ``k`` largest weights before
     indexing. ``source`` (the data file) is recorded in the manifest. Bad flags, a missing extra and a
@@ -193,9 +198,7 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
         "student": str(Path(student_dir).resolve()), "student_fingerprint": fingerprint, "data": source,
         "split": split, "side": "b", "backend": settings.backend, "backend_settings": settings.manifest(),
     }
-    if meta["kind"] == "dense":
-        meta["vector_dtype"] = "float32" if settings.backend == "qdrant" else "float16"
-    else:
+    if meta["kind"] != "dense":
         meta.update({"weights": weights, "top_k": top_k})
     with atomic_folder(out_dir, "index folder", kind="index") as scratch:
         items = write_tie_ordered(split_items(datamodule, split, ITEM_CHUNKS), datamodule, scratch / ITEMS_NAME,
@@ -203,7 +206,12 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
         if not len(items):
             raise InputError(f"split '{split}' of '{source}' is empty: nothing to index")
         meta["count"] = len(items)
-        vectors = _encode(student_dir, config, items, scratch, chunk_size, progress, trust_remote_code)
+        if meta["kind"] == "dense":
+            dtype = stored_dtype(settings.vector_dtype, len(items), int(config["embedding"]["dim"]))
+            settings = replace(settings, vector_dtype=dtype)
+            meta["vector_dtype"] = "float32" if settings.backend == "qdrant" else dtype
+        vectors = _encode(student_dir, config, items, scratch, chunk_size, progress, trust_remote_code,
+                          settings.vector_dtype)
         index, extra = _build_backend(settings, vectors, items, scratch, meta["build_id"], weights, top_k)
         meta.update({**extra, "bytes": index.nbytes})
         atomic_write_json(scratch / INDEX_META, {**meta, "files": folder_manifest(scratch, exclude=(INDEX_META,))})

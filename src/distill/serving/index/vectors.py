@@ -1,6 +1,7 @@
 """An index's encoded vectors on disk, written chunk by chunk as they are encoded and read back in chunks.
 
-Dense: one ``[N, D]`` ``.npy`` (float16 by default: 8.8M x 384 vectors are 6.3 GiB), its header written first
+Dense: one ``[N, D]`` ``.npy`` (float32, or float16 for corpora whose float32 vectors exceed the budget of
+:func:`~distill.serving.index.backends.stored_dtype`: 8.8M x 384 vectors are 6.3 GiB), its header written first
 and each chunk appended with a plain file write, so building holds one chunk of vectors, never the whole
 array. :func:`read_blocks` reads it back ``rows`` at a time as float32 with file reads (the pages go to the
 page cache, not to the process); :func:`open_vectors` maps it for search.
@@ -22,7 +23,7 @@ import scipy.sparse as sp
 from distill.errors import InputError
 from distill.serving.index.sparse_vectors import as_csr
 
-VECTOR_DTYPE = np.float16
+VECTOR_DTYPE = np.float16  # the default of VectorWriter; `distill index` passes the dtype it resolved
 READ_ROWS = 16384  # rows per block read back: 24 MiB of float32 at D = 384
 
 __all__ = ["READ_ROWS", "SparseSpill", "VECTOR_DTYPE", "VectorWriter", "open_vectors", "read_blocks"]
@@ -48,8 +49,9 @@ class VectorWriter:
         stored = np.ascontiguousarray(block, dtype=self.dtype)
         if not np.isfinite(stored).all():
             bad = self.rows + int(np.argmax(~np.isfinite(stored).all(axis=1)))
-            raise InputError(f"the student's vector of item row {bad} is NaN, infinite or beyond {self.dtype}'s range "
-                             "(largest 65504 for float16): the index stores float16 vectors; check the student")
+            limit = " (largest 65504)" if self.dtype == np.float16 else ""
+            raise InputError(f"the student's vector of item row {bad} is NaN, infinite or beyond {self.dtype}'s range"
+                             f"{limit}: the index stores {self.dtype} vectors; check the student")
         self._handle.write(stored.tobytes())
         self.rows += len(stored)
 
