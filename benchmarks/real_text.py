@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(REPO / "runs" / "real-text"), help="stage outputs (resumable)")
     parser.add_argument("--quick", action="store_true", help="every stage on a tiny slice (a few minutes)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS),
+                        help="trained rows (default: all); InfoNCE, the baseline of the gap, always runs")
     for name, value in FULL.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=None, help=f"default {value} ({QUICK[name]} with --quick)")
@@ -117,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write the table into this file's `real-text` section (e.g. docs/benchmarks.md)")
     parser.add_argument("--dry-run", action="store_true", help="print the projected time per stage and stop")
     args = parser.parse_args(argv)
+    args.rows = [row for row in ROWS if row in args.rows or row == "infonce"]
+    if not set(args.rows) & set(DISTILLED):
+        parser.error("--rows: name at least one distilled row (" + ", ".join(DISTILLED) + ")")
     sizes = QUICK if args.quick else FULL
     for name, value in sizes.items():
         if getattr(args, name) is None:
@@ -477,7 +482,7 @@ def projection(args: argparse.Namespace, sizes: dict[str, int]) -> dict[str, flo
     step = STUDENT_STEP_S_PER_ITEM * args.batch_size * (2 + EXTRAS)
     cache_pairs = sizes["train_queries"] * (1 + 2 * CACHE_K)
     rerank = sizes["test_queries"] * args.rerank_depth / CE_PAIRS_PER_S
-    rows = len(ROWS) * len(args.seeds) * (2 * STARTUP_S + args.steps * step + test_encode)
+    rows = len(args.rows) * len(args.seeds) * (2 * STARTUP_S + args.steps * step + test_encode)
     return {"data": 5.0, "bm25": 5.0, "teacher": 20 + args.teacher_steps * args.teacher_batch_size * CE_STEP_S_PER_PAIR,
             "teacher-bm25": 10 + rerank, "zero-shot": STARTUP_S + test_encode,
             "mine": STARTUP_S + train_encode, "cache": STARTUP_S + train_encode + cache_pairs / CE_PAIRS_PER_S,
@@ -526,7 +531,8 @@ def report(args: argparse.Namespace, done: dict[str, Any]) -> str:
     add("zero-shot student (all-MiniLM-L6-v2)", [done["zero-shot"]["metrics"]], seconds=done["zero-shot"]["seconds"])
     infonce = [done[f"infonce-seed{s}"]["metrics"]["ndcg@10"] for s in seeds]
     ceiling = done["two-stage"]["metrics"]["ndcg@10"]
-    for row, (title, _) in ROWS.items():
+    for row in args.rows:
+        title = ROWS[row][0]
         results = [done[f"{row}-seed{s}"]["metrics"] for s in seeds]
         seconds = sum(done[f"{row}-seed{s}"]["seconds"] for s in seeds) / len(seeds)
         gap, pairs = "", "0"
@@ -597,10 +603,10 @@ def main(argv: list[str] | None = None) -> None:
     done["zero-shot"] = stage("zero-shot", lambda: stage_zero_shot(args))
     done["mine"] = stage("mine", lambda: stage_mine(args))
     done["cache"] = stage("cache", lambda: stage_cache(args))
-    for row in ROWS:
+    for row in args.rows:
         for seed in args.seeds:
             done[f"{row}-seed{seed}"] = stage(f"{row}-seed{seed}", lambda r=row, s=seed: stage_row(args, r, s))
-    best = max(DISTILLED, key=lambda r: statistics.fmean(done[f"{r}-seed{s}"]["metrics"]["ndcg@10"] for s in args.seeds))
+    best = max([row for row in args.rows if row in DISTILLED], key=lambda r: statistics.fmean(done[f"{r}-seed{s}"]["metrics"]["ndcg@10"] for s in args.seeds))
     checkpoint = done[f"{best}-seed{args.seeds[0]}"]["checkpoint"]
     done["two-stage"] = stage("two-stage", lambda: stage_two_stage(args, best, checkpoint))
     table = report(args, done)
