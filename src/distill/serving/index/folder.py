@@ -112,8 +112,13 @@ def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: 
     appended to ``VECTORS_NAME`` as ``dtype`` (returns its path), sparse rows to a :class:`SparseSpill`."""
     from distill.progress import progress as progress_bar
     from distill.serving.loading import load_student, load_tokenizer
+    from distill.serving.student_spec import embedding_kind
 
     student = load_student(student_dir, trust_remote_code)
+    if embedding_kind(student) == "late-interaction":
+        raise InputError(f"'{student_dir}' holds a {type(student).__name__} (token embeddings): `distill index` "
+                         "indexes pooled students only for now; late-interaction students are evaluated and searched "
+                         "from the checkpoint (distill.serving.late_search)")
     tokenizer = load_tokenizer(student_dir, trust_remote_code)
     max_length = config["towers"]["b"]["max_length"]
     sparse = config["embedding"]["kind"] == "sparse"
