@@ -46,6 +46,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ from distill.serving.index import folder, searcher as searcher_module  # noqa: E
 from distill.serving.index.backends import BackendSettings  # noqa: E402
 from distill.serving.index.corpus import tokenize  # noqa: E402
 from distill.serving.index.query import search  # noqa: E402
+from distill.serving.index.vectors import SparseSpill  # noqa: E402
 
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 SECTION = "warm-search"
@@ -142,7 +144,19 @@ class SyntheticPassages:
 
 def build(student: Path, vectors: object, settings: BackendSettings, out: Path, n: int) -> Path:
     """An index folder of ``vectors`` (``build_index`` with the corpus encoding replaced by them)."""
-    with mock.patch.object(folder, "_encode", lambda *args, **kwargs: vectors):
+    def encode(student_dir: object, config: object, items: object, scratch: Path, *args: object,
+               dtype: str = "float16", **kwargs: object) -> Path | SparseSpill:
+        """What ``folder._encode`` leaves in ``scratch``: the dense ``.npy`` file, or the sparse rows spilled."""
+        if sp.issparse(vectors):
+            spill = SparseSpill(scratch)
+            spill.append(vectors)
+            return spill
+        dtype = str(args[3]) if len(args) > 3 else dtype  # (chunk_size, progress, trust_remote_code, dtype)
+        path = scratch / folder.VECTORS_NAME
+        np.save(path, np.asarray(vectors, dtype=dtype), allow_pickle=False)
+        return path
+
+    with mock.patch.object(folder, "_encode", encode):
         return folder.build_index(student, SyntheticPassages(n), "test", out, progress=False, settings=settings,
                                   source="synthetic")
 
