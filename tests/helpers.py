@@ -743,3 +743,23 @@ def kill_after_first_shard(command: list[str], env: dict[str, str], cwd: Path, o
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate(timeout=30)
     return stderr.decode()[-2000:]
+
+
+def load_benchmark(script: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``benchmarks/<script>.py`` as a module, imported the way its tests need it: one BLAS/OpenMP thread and a
+    passive wait policy (the scripts set these on import; ``monkeypatch`` restores the test process's own), the
+    benchmarks folder on ``sys.path`` (scripts import each other) and the module in ``sys.modules`` (dataclasses
+    look their module up while the class is built)."""
+    import importlib.util
+    import sys
+
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", REPO_ROOT / "benchmarks" / f"{script}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture
 def text_speed(monkeypatch: pytest.MonkeyPatch):
     pytest.importorskip("sentence_transformers")
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(variable, "1")  # the script sets these on import; keep the test process unchanged
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    spec = importlib.util.spec_from_file_location("text_speed_benchmark", REPO_ROOT / "benchmarks" / "text_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("text_speed", monkeypatch)
     return module
 
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import load_benchmark
 
 
 @pytest.mark.slow  # about 25 s: MiniLM and a MiniLM-size MLM encode a few hundred queries
 def test_quick_run_writes_the_table_and_loads_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("faiss")
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(variable, "1")  # the script sets these on import; keep the test process unchanged
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("warm_search_benchmark", REPO_ROOT / "benchmarks" / "warm_search.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("warm_search", monkeypatch)
     rows, notes = module.run(module.QUICK)
     assert [(row.student, row.backend) for row in rows] == [("dense", "faiss flat"), ("dense", "faiss ivf"),
                                                             ("sparse", "numpy inverted index")]

@@ -14,7 +14,7 @@ from distill.errors import InputError
 from distill.serving import export_student
 from distill.cli.index import main as index_main
 from distill.cli.search import main as search_main
-from tests.helpers import DENSE_SPEC, REPO_ROOT, SPARSE_SPEC, TINY_DATA, build
+from tests.helpers import DENSE_SPEC, REPO_ROOT, SPARSE_SPEC, TINY_DATA, build, load_benchmark
 
 
 @pytest.fixture
@@ -60,13 +60,7 @@ def test_index_errors_name_the_problem(tmp_path: Path, data_yaml: Path) -> None:
 @pytest.mark.slow
 def test_benchmark_quick_mode_writes_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime", reason="the benchmark times the ONNX query encoders")
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(variable, "1")  # the script sets these on import; keep the test process unchanged
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    spec = importlib.util.spec_from_file_location("retrieval_benchmark", REPO_ROOT / "benchmarks" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("retrieval", monkeypatch)
     module.main(["--quick", "--out", str(tmp_path / "bench.md")])
     text = (tmp_path / "bench.md").read_text()
     assert "| " + " | ".join(module.COLUMNS) + " |" in text

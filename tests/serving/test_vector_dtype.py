@@ -16,7 +16,7 @@ from distill.serving import export_student
 from distill.serving.index import BackendSettings, DenseIndex
 from distill.serving.index.backends import FLOAT32_BUDGET, stored_dtype
 from distill.serving.index.folder import INDEX_META
-from tests.helpers import DENSE_SPEC, TINY_DATA, build
+from tests.helpers import DENSE_SPEC, TINY_DATA, build, load_benchmark
 
 
 def unit_vectors(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
@@ -143,18 +143,7 @@ def test_a_bad_value_is_one_line_naming_the_option(tmp_path: Path, student: Path
 
 
 def test_the_benchmark_part_writes_its_table_into_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-    import sys
-
-    from tests.helpers import REPO_ROOT
-
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(variable, "1")  # the script sets these on import; keep the test process unchanged
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    spec = importlib.util.spec_from_file_location("retrieval_benchmark", REPO_ROOT / "benchmarks" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("retrieval", monkeypatch)
     out = tmp_path / "deployment.md"
     out.write_text("# Deployment\n\nbefore\n\n<!-- vector-dtype:start -->\nstale\n<!-- vector-dtype:end -->\n\nafter\n")
     module.main(["--quick", "--part", "dtypes", "--out", str(out)])
