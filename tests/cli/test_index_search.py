@@ -173,7 +173,7 @@ def test_search_breaks_score_ties_by_document_id_as_trec_eval(tmp_path: Path, to
                                                         "init_args": init_args}))
     index_main(["--student", str(tmp_path / "student"), "--data", str(tmp_path / "beir.yaml"), "--out",
                 str(tmp_path / "index"), "--backend", backend, "--no-progress"])
-    rows = data.b_texts("test")
+    rows = list(data.b_texts("test"))
     text, copies = collections.Counter(text for _, _, text in rows).most_common(1)[0]
     duplicates = [data.corpus.id_of(row) for row, _, passage in rows if passage == text]  # file order
     trec_order = sorted(duplicates, reverse=True)

@@ -32,7 +32,7 @@ Batches (``a`` = queries, ``b`` = passages; ids are row numbers in queries.jsonl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,11 +329,11 @@ class BeirTextDataModule(L.LightningDataModule):
         score ties by the larger key first, as trec_eval breaks them by the larger document id."""
         return torch.from_numpy(self.corpus.places(rows.cpu().numpy()))
 
-    def b_texts(self, split: str) -> list[tuple[int, int, str]]:
-        """``(passage row, -1, passage)`` of the passages ``split`` ("val" / "test") ranks, for ``distill index``.
-
-        Every text is read into memory, as the index's ``items.json`` keeps them. Reads only the corpus, the
-        queries and ``split``'s judgments (not the training data).
+    def b_texts(self, split: str, chunk_size: int = 4096) -> Iterator[tuple[int, int, str]]:
+        """``(passage row, -1, passage)`` of the passages ``split`` ("val" / "test") ranks, for ``distill index``,
+        read from the memory-mapped corpus ``chunk_size`` passages at a time (at MS MARCO size the texts are
+        4.6 GiB: they are never all in memory). Reads only the corpus, the queries and ``split``'s judgments (not the
+        training data); a wrong ``split`` is refused here, before the first row.
         """
         stages = {name: value for name, value in (("val", self.val_split), ("test", self.test_split)) if value}
         if split not in stages:
@@ -343,7 +343,13 @@ class BeirTextDataModule(L.LightningDataModule):
         if split not in self._eval_corpus:
             self._read_stage(split, stages[split])
         rows = self._eval_corpus[split]
-        return [(int(row), -1, text) for row, text in zip(rows, self.corpus.texts(list(rows)))]
+
+        def chunks() -> Iterator[tuple[int, int, str]]:
+            for start in range(0, len(rows), chunk_size):
+                part = [int(row) for row in rows[start:start + chunk_size]]
+                yield from ((row, -1, text) for row, text in zip(part, self.corpus.texts(part)))
+
+        return chunks()
 
     def doc_ids(self, rows: list[int]) -> list[str]:
         """The ``_id`` of each corpus row (an index keeps them; search prints them)."""
