@@ -331,10 +331,8 @@ class BeirTextDataModule(L.LightningDataModule):
 
     def b_texts(self, split: str, chunk_size: int = 4096) -> Iterator[tuple[int, int, str]]:
         """``(passage row, -1, passage)`` of the passages ``split`` ("val" / "test") ranks, for ``distill index``,
-        read from the memory-mapped corpus ``chunk_size`` passages at a time (at MS MARCO size the texts are
-        4.6 GiB: they are never all in memory). Reads only the corpus, the queries and ``split``'s judgments (not the
-        training data); a wrong ``split`` is refused here, before the first row.
-        """
+        read from the memory-mapped corpus ``chunk_size`` at a time (MS MARCO's 4.6 GiB of texts are never all in
+        memory). Reads only the corpus, the queries and ``split``'s judgments; a wrong ``split`` is refused here."""
         stages = {name: value for name, value in (("val", self.val_split), ("test", self.test_split)) if value}
         if split not in stages:
             raise InputError(f"--split {split}: {OWNER} ranks passages for {sorted(stages)} (its val_split / "
