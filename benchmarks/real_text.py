@@ -72,6 +72,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from distill.data.beir.files import jsonl_records, read_qrels as beir_qrels  # noqa: E402
 from distill.io import atomic_folder, atomic_write_bytes, atomic_write_json  # noqa: E402
 
 # Measured rates (see the module docstring).
@@ -133,21 +134,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- small helpers
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Every record of a JSONL file (the toolkit's reader: a bad line is one error naming the file and line)."""
+    return [record for _, record in jsonl_records(path)]
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, float]]:
-    qrels: dict[str, dict[str, float]] = {}
-    if not path.is_file():
-        return qrels
-    with open(path, encoding="utf-8") as handle:
-        next(handle, None)
-        for line in handle:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) >= 3:
-                qrels.setdefault(parts[0], {})[parts[1]] = float(parts[2])
-    return qrels
+    """``{query: {passage: grade}}`` of a BEIR qrels file, by the toolkit's reader; ``{}`` for a split the folder
+    does not judge."""
+    return beir_qrels(path) if path.is_file() else {}
 
 
 def write_beir(folder: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, dict[str, dict[str, float]]]) -> None:
