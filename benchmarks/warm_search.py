@@ -144,14 +144,14 @@ class SyntheticPassages:
 
 def build(student: Path, vectors: object, settings: BackendSettings, out: Path, n: int) -> Path:
     """An index folder of ``vectors`` (``build_index`` with the corpus encoding replaced by them)."""
-    def encode(student_dir: object, config: object, items: object, scratch: Path, *args: object,
-               dtype: str = "float16", **kwargs: object) -> Path | SparseSpill:
-        """What ``folder._encode`` leaves in ``scratch``: the dense ``.npy`` file, or the sparse rows spilled."""
+    def encode(student_dir: object, config: object, items: object, scratch: Path, chunk_size: int, progress: bool,
+               trust_remote_code: bool = False, dtype: str = "float16") -> Path | SparseSpill:
+        """What ``folder._encode`` (same signature) leaves in ``scratch``: the dense ``.npy`` file, or the sparse
+        rows spilled."""
         if sp.issparse(vectors):
             spill = SparseSpill(scratch)
             spill.append(vectors)
             return spill
-        dtype = str(args[3]) if len(args) > 3 else dtype  # (chunk_size, progress, trust_remote_code, dtype)
         path = scratch / folder.VECTORS_NAME
         np.save(path, np.asarray(vectors, dtype=dtype), allow_pickle=False)
         return path
