@@ -208,7 +208,7 @@ def test_training_refreshes_the_cache_and_resumes_on_the_refreshed_one(
                 found.append(folder.name)
         return found
 
-    trainer = _trainer(tmp_path, 4, refresh, enable_checkpointing=True)
+    trainer = _trainer(tmp_path, 5, refresh, enable_checkpointing=True)
     trainer.callbacks.append(Watch())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -218,7 +218,8 @@ def test_training_refreshes_the_cache_and_resumes_on_the_refreshed_one(
     assert refresh.generations[:2] == [str(first), str(generation)]
     assert manifest["refresh_from"][0]["folder"] == "cache" and manifest["pairs_reused"] > 0
     assert data.cache.path == tmp_path / "cache-step4"
-    assert [generation_of(*batch) for batch in seen] == [["cache"], ["cache"], ["cache-step2"], ["cache-step2"]]
+    assert [generation_of(*batch) for batch in seen] == [["cache"], ["cache"], ["cache-step2"], ["cache-step2"],
+                                                        ["cache-step4"]]
     assert set(data.tables.a2b_ids.reshape(-1).tolist()) <= set(load_cache(data.cache.path).candidate_ids["a2b"]
                                                                  .reshape(-1).tolist())
     checkpoint = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=False)
@@ -229,9 +230,10 @@ def test_training_refreshes_the_cache_and_resumes_on_the_refreshed_one(
     resumed_data = CachedCandidatesDataModule(ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _trainer(tmp_path, 5, resumed_refresh).fit(_module(teacher_dir, first), datamodule=resumed_data,
+        _trainer(tmp_path, 6, resumed_refresh).fit(_module(teacher_dir, first), datamodule=resumed_data,
                                                    ckpt_path=str(next(tmp_path.rglob("*.ckpt"))))
     assert resumed_data.cache.path == tmp_path / "cache-step4"
+    assert not (tmp_path / "cache-step6").exists()  # the run's last step: no batch would read a refresh
 
 
 def test_refresh_needs_the_teacher(tmp_path: Path, built_cache: Path) -> None:
@@ -244,7 +246,7 @@ def test_refresh_needs_the_teacher(tmp_path: Path, built_cache: Path) -> None:
 
 @pytest.mark.slow
 def test_refresh_under_ddp_equals_a_one_process_refresh(tmp_path: Path, teacher_dir: Path, built_cache: Path) -> None:
-    """Two CPU processes (gloo) refresh at step 1, each computing its share of the shards; the folder equals the
+    """Two CPU processes (gloo) refresh at step 1 of 2, each computing its share of the shards; the folder equals the
     refresh one process builds with the same student, byte for byte, and both processes read it."""
     import shutil
 
@@ -254,12 +256,16 @@ def test_refresh_under_ddp_equals_a_one_process_refresh(tmp_path: Path, teacher_
     shutil.copytree(built_cache, first)
 
     class Loaded(L.Callback):  # the processes are forked: each notes the cache it reads in a file
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+            if trainer.global_step == 1 and trainer.global_rank == 0:  # the student that refreshed at step 1
+                torch.save(pl_module.student.state_dict(), tmp_path / "student-step1.pt")
+
         def on_train_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
             (tmp_path / f"rank{trainer.global_rank}").write_text(str(trainer.datamodule.cache.path))
 
     module = _module(teacher_dir, first)
     data = CachedCandidatesDataModule(ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA))
-    trainer = _trainer(tmp_path, 1, CacheRefresh(every_n_steps=1), devices=2, enable_checkpointing=False,
+    trainer = _trainer(tmp_path, 2, CacheRefresh(every_n_steps=1), devices=2, enable_checkpointing=False,
                        strategy="ddp_fork_find_unused_parameters_true")
     trainer.callbacks.append(Loaded())
     with warnings.catch_warnings():
@@ -270,6 +276,7 @@ def test_refresh_under_ddp_equals_a_one_process_refresh(tmp_path: Path, teacher_
     single = tmp_path / "single" / "cache-step1"
     settings = BuildSettings(k=4, shard_size=8)
     data.data.setup("fit")  # the processes were forked: this one's data module was never set up
+    module.student.load_state_dict(torch.load(tmp_path / "student-step1.pt", weights_only=True))
     build_teacher_cache(module.student, module.teacher, data, single, settings, progress=False, refresh_from=[first])
     assert _folder_bytes(single) == _folder_bytes(generation)
 
@@ -289,7 +296,7 @@ def test_cached_recipe_refreshes_through_the_cli(tmp_path: Path, teacher_dir: Pa
                          "--model.init_args.num_hard_negatives=4", *data_args, *STUDENT_ARGS,
                          f"--model.init_args.teacher.init_args.weights={teacher_dir}",
                          "--trainer.callbacks+=distill.training.callbacks.CacheRefresh",
-                         "--trainer.callbacks.every_n_steps=1", "--trainer.fast_dev_run=true", "--trainer.logger=false"])
+                         "--trainer.callbacks.every_n_steps=1", "--trainer.fast_dev_run=2", "--trainer.logger=false"])
     metrics = cli.trainer.callback_metrics
     manifest = json.loads((tmp_path / "cache-step1" / "manifest.json").read_text())
     assert float(metrics["train/cache_pairs_scored"]) == manifest["pairs_scored"]
@@ -333,3 +340,16 @@ def test_a_generation_left_by_another_student_is_replaced_and_a_foreign_folder_r
                                          "did not write: move it out"):
         run_again()
     assert (stale / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("max_steps", "max_epochs", "epoch", "batch_idx", "step", "last"), [
+    (10, None, 0, 9, 10, True), (10, None, 0, 8, 9, False),          # step-bound: max_steps decides
+    (-1, 2, 1, 3, 8, True), (-1, 2, 0, 3, 4, False), (-1, 2, 1, 2, 7, False)])  # epoch-bound, 4 batches per epoch
+def test_no_refresh_is_built_after_the_last_batch(max_steps: int, max_epochs: int | None, epoch: int, batch_idx: int,
+                                                  step: int, last: bool) -> None:
+    from types import SimpleNamespace
+
+    from distill.training.callbacks.cache_refresh import _last_batch
+
+    trainer = SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs, current_epoch=epoch, num_training_batches=4)
+    assert _last_batch(trainer, step, batch_idx) is last  # type: ignore[arg-type]

@@ -31,7 +31,8 @@ class CacheRefresh(Callback):
     The data module (:class:`~distill.cache.CachedCandidatesDataModule`) then reads the new cache: with
     ``num_workers: 0`` the next batch carries its candidates; with loader worker processes (which hold a copy
     of the old one), the first batch of the next epoch, when the loader is made again.
-    ``train/cache_pairs_scored`` and ``train/cache_pairs_reused`` are logged at each refresh. (Grouped batching
+    No refresh happens after the run's last batch, which no batch would read. ``train/cache_pairs_scored`` and
+    ``train/cache_pairs_reused`` are logged at each refresh. (Grouped batching
     under DDP: Lightning rebuilds the batch sampler, which keeps grouping by the first cache's candidates, while
     the batches carry the new cache's.)
 
@@ -83,7 +84,8 @@ class CacheRefresh(Callback):
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._last_step = step
-            self.refresh(trainer, pl_module, step)
+            if not _last_batch(trainer, step, batch_idx):  # no batch would read a refresh at the run's end
+                self.refresh(trainer, pl_module, step)
 
     def refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path:
         """Build generation ``step`` with the current student and switch the data module to it."""
@@ -124,6 +126,16 @@ class CacheRefresh(Callback):
         if getattr(trainer.train_dataloader, "num_workers", 0) > 0:
             trainer.fit_loop._combined_loader = None  # workers hold the old tables: make the loader again next epoch
         return target
+
+
+def _last_batch(trainer: L.Trainer, step: int, batch_idx: int) -> bool:
+    """Whether the run ends after this batch: ``max_steps`` reached (``fast_dev_run`` sets it), or the last batch of
+    the last epoch of an epoch-bound run."""
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return step >= trainer.max_steps
+    epochs, batches = trainer.max_epochs, trainer.num_training_batches
+    return (epochs is not None and epochs > 0 and trainer.current_epoch >= epochs - 1
+            and isinstance(batches, int) and batch_idx + 1 >= batches)
 
 
 def _broadcast_buffers(student: torch.nn.Module, world_size: int) -> None:
