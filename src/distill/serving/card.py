@@ -85,6 +85,23 @@ def load_section(student_config: Mapping[str, Any]) -> list[str]:
     return lines + ["", f"No sentence-transformers or transformers layout: {reason}.", ""]
 
 
+LATE_SCORES = {
+    "filip": "s(a, b) = 1/2 [mean over a's tokens of their best b token + mean over b's tokens of their best a token]",
+    "colbert": "s(q, d) = {reduce} over the query's tokens of their best document token (MaxSim)",
+}
+
+
+def _late_lines(embedding: Mapping[str, Any]) -> list[str]:
+    """A late-interaction student's scoring, for the card: each item is a set of token vectors."""
+    if embedding.get("kind") != "late-interaction":
+        return []
+    similarity = str(embedding.get("similarity", "filip"))
+    formula = LATE_SCORES.get(similarity, similarity).format(reduce=embedding.get("query_reduce", "mean"))
+    return [f"Each item is a set of L2-normalised token vectors (the ONNX graphs output `tokens` and `mask`); two "
+            f"items are scored by {similarity}: {formula}, over valid tokens (`mask`) only. Index it with "
+            "`distill index` (a multi-vector index, docs/deployment.md).", ""]
+
+
 def model_card(student_config: Mapping[str, Any], recipe: RecipeSpec | None, teacher: Mapping[str, Any] | None,
                metrics: Mapping[str, float], losses: Mapping[str, str] | None = None,
                training: Mapping[str, int] | None = None) -> str:
@@ -95,7 +112,7 @@ def model_card(student_config: Mapping[str, Any], recipe: RecipeSpec | None, tea
         f"# {student['class_path'].rsplit('.', 1)[-1]} student", "",
         f"Embeddings: {student_config['embedding']['kind']}, dimension {student_config['embedding']['dim']}. "
         f"Tower a reads {towers['a']['modality']}, tower b reads {towers['b']['modality']}.", "",
-        *load_section(student_config), "## Teacher", "",
+        *_late_lines(student_config["embedding"]), *load_section(student_config), "## Teacher", "",
     ]
     if teacher:
         lines.append(f"- class: `{teacher.get('class', '?')}`")

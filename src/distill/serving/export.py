@@ -22,9 +22,12 @@ a failed export leaves an earlier export of the same folder untouched, and a sec
 folder at the same time is refused. ``python -m distill export --ckpt ...`` (:mod:`distill.cli.export`)
 rebuilds the student from a run's checkpoint and recipe and calls this.
 
-A late-interaction student (:class:`~distill.students.LateInteractionEncoder`, token embeddings) is refused with
-an :class:`~distill.errors.InputError` before anything is written: it is evaluated and searched from its
-checkpoint for now.
+A late-interaction student (:class:`~distill.students.LateInteractionEncoder`, token embeddings) is exported in
+distill's own layout (no sentence-transformers or PyLate layout is written): ``model.safetensors`` holds the
+whole student, ``student_config.json`` records ``embedding = {"kind": "late-interaction", "dim": D,
+"similarity": "filip" | "colbert", "query_reduce": "mean" | "sum"}`` (how two token sets are scored, see
+:mod:`distill.students.late_interaction`), and each tower's ONNX graph outputs ``tokens [batch, tokens, D]`` and
+``mask [batch, tokens]`` (:mod:`distill.serving.onnx`).
 """
 
 from __future__ import annotations
@@ -136,11 +139,6 @@ def export_student(source: nn.Module, out_dir: str | os.PathLike[str], student_s
     if spec is None:
         raise ValueError("export_student needs the student's class_path/init_args: pass student_spec= or a record "
                          "with the recipe")
-    if embedding_kind(student) == "late-interaction":
-        raise InputError(f"cannot export {type(student).__name__}: late-interaction students (token embeddings) are "
-                         "evaluated and searched from the checkpoint for now (`distill test --config <recipe> "
-                         "--ckpt_path <ckpt>`, distill.serving.late_search); export a pooled student (e.g. "
-                         "students/shapes-dual-encoder.yaml)")
     spec = self_contained_spec(spec, student)
     top_k = {"top_k_a": top_k_a, "top_k_b": top_k_b}
     spec["init_args"].update({name: int(k) for name, k in top_k.items() if k is not None})
@@ -199,9 +197,13 @@ def _student_config(student: nn.Module, spec: dict[str, Any], datamodule: Any, t
                             "max_length": int(max_length), "vocab_size": vocab}
         towers[side]["onnx"] = SHARED_ONNX_NAME if shares_encoder(student) else ONNX_NAMES[side]
     with torch.no_grad():
-        dim = int(student.encode_b(sample_inputs(towers["b"], batch=2)).shape[-1])
-    return {"format_version": FORMAT_VERSION, "student": spec, "towers": towers,
-            "embedding": {"kind": embedding_kind(student), "dim": dim}, "tokenizer": tokenizer is not None}
+        encoded = student.encode_b(sample_inputs(towers["b"], batch=2))
+    kind = embedding_kind(student)
+    embedding: dict[str, Any] = {"kind": kind, "dim": int(getattr(encoded, "tokens", encoded).shape[-1])}
+    if kind == "late-interaction":
+        embedding.update(similarity=str(student.similarity), query_reduce=str(student.query_reduce))
+    return {"format_version": FORMAT_VERSION, "student": spec, "towers": towers, "embedding": embedding,
+            "tokenizer": tokenizer is not None}
 
 
 def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], tokenizer: Any, onnx: bool,
@@ -209,6 +211,10 @@ def _write_files(out: Path, student: nn.Module, student_config: dict[str, Any], 
     """The weights in the ecosystem layout that fits the student, the config, the tokenizer, the ONNX graphs."""
     files = _save_tokenizer(tokenizer, out) if tokenizer is not None else []
     layout = write_layout(out, student, student_config, tokenizer)
+    if student_config["embedding"]["kind"] == "late-interaction":
+        layout.note = (f"{type(student).__name__} scores token sets ({student_config['embedding']['similarity']}), "
+                       "which neither toolkit's pooled layouts express; distill's own layout is documented in "
+                       "docs/deployment.md")
     student_config["weights"] = layout.weights
     student_config["ecosystem"] = describe(layout)
     student_config["onnx"] = bool(onnx)

@@ -83,7 +83,12 @@ def load_student(folder: str | os.PathLike[str], trust_remote_code: bool = False
     config = read_student_config(folder)
     check_export_code(folder, config, allow=trust_remote_code)
     student = instantiate(config["student"])
-    missing, unexpected = load_state_into(student, export_state_dict(folder, config))
+    try:
+        missing, unexpected = load_state_into(student, export_state_dict(folder, config))
+    except RuntimeError as error:  # torch's "size mismatch for <key>: ..." (several lines)
+        shapes = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        raise InputError(f"the weights of export '{folder}' do not match {config['student']['class_path']}: "
+                         f"{(shapes or [str(error).splitlines()[0]])[0][:200]}") from None
     if missing or unexpected:
         raise InputError(
             f"the weights of export '{folder}' do not match {config['student']['class_path']}: "
