@@ -258,6 +258,41 @@ def test_extra_candidates_are_scored_by_the_student_with_their_cached_teacher_sc
         assert torch.allclose(scores.teacher[scores.valid], teacher[expected.valid], atol=1e-6)
 
 
+
+def test_extras_without_gradient_give_the_same_losses_and_constant_candidate_embeddings(
+        built_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``extra_gradient=False`` changes the backward pass only: equal losses, extras encoded without gradient, and
+    parameter gradients that differ from the default's by the extras' share."""
+    inner = ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA)
+    datamodule = CachedCandidatesDataModule(inner, cache_dir=str(built_cache), candidates_per_anchor=2)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    extras: list[torch.Tensor] = []
+    original = CachedCandidates._extra
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        extras.append(found.embeddings)
+        return found
+
+    monkeypatch.setattr(CachedCandidates, "_extra", staticmethod(watched))
+    losses, grads = {}, {}
+    for gradient in (True, False):
+        torch.manual_seed(0)
+        module = DistillationModule(make_student(), None, {"infonce": InfoNCE(), "cprd": CPRD(top_m=2)},
+                                    num_hard_negatives=4,
+                                    candidates=CachedCandidates(str(built_cache), extra_gradient=gradient)).eval()
+        extras.clear()
+        inputs, _ = module.build_loss_inputs(batch)
+        total = sum(loss(inputs) for loss in module.losses.values())
+        total.backward()
+        assert len(extras) == 2 and all(e.requires_grad is gradient for e in extras)
+        losses[gradient] = float(total.detach())
+        grads[gradient] = torch.cat([p.grad.flatten() for p in module.student.parameters() if p.grad is not None])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    assert not torch.allclose(grads[True], grads[False], atol=1e-7)
+
+
 def test_grouped_cached_batches_hold_seed_candidates(built_cache: Path) -> None:
     datamodule = CachedCandidatesDataModule(ShapesDataModule(num_train=NUM_TRAIN, batch_size=12, **DATA),
                                             cache_dir=str(built_cache), batching="grouped")

@@ -42,15 +42,20 @@ class CachedCandidates(CandidateSource):
 
     Args:
         path: the cache folder.
+        extra_gradient: encode the extra items (random batching) with gradient (default), or without it, as
+            MoCo's queue and other memory-bank negatives are: the anchors' towers still learn from every score,
+            the candidates' embeddings are constants, and an extra item costs one forward instead of a forward
+            and a backward (docs/benchmarks.md, training-step section, measures both).
     """
 
     needs_live_teacher = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, extra_gradient: bool = True) -> None:
         self.path = str(path)
+        self.extra_gradient = bool(extra_gradient)
 
     def describe(self) -> str:
-        return f"CachedCandidates({self.path})"
+        return f"CachedCandidates({self.path}{'' if self.extra_gradient else ', extra_gradient=False'})"
 
     def setup(self, module: Any, stage: str) -> None:
         if stage != "fit":
@@ -76,7 +81,7 @@ class CachedCandidates(CandidateSource):
         fields = {key: distributed.gather_tensor(cached[key]) for key in
                   (f"{direction}_ids", f"{direction}_scores", "pair_scores")}
         columns = step.b.ids if direction == "a2b" else step.a.ids
-        extra = self._extra(step, direction)
+        extra = self._extra(step, direction, self.extra_gradient)
         k = clamp_k(step.k, step.size) if extra is None else step.k
         if extra is not None:
             columns = torch.cat([columns, extra.ids])
@@ -87,15 +92,17 @@ class CachedCandidates(CandidateSource):
                                    stats={f"cached_negatives_{direction}": present})
 
     @staticmethod
-    def _extra(step: StepView, direction: str) -> Extra | None:
-        """The extra items the batch's anchors brought for ``direction``, encoded by the student (with gradient):
-        b items (a2b columns) or a items (b2a columns); ``None`` for grouped batches."""
+    def _extra(step: StepView, direction: str, gradient: bool = True) -> Extra | None:
+        """The extra items the batch's anchors brought for ``direction``, encoded by the student (with gradient
+        unless ``gradient`` is false): b items (a2b columns) or a items (b2a columns); ``None`` for grouped
+        batches."""
         extras = step.batch.get(CACHE_EXTRA_KEY)
         if extras is None:
             return None
         side = "b" if direction == "a2b" else "a"
         encode = step.encode_b if side == "b" else step.encode_a
-        embeddings = gather_embeddings(encode(extras[side]))
+        with torch.set_grad_enabled(gradient and torch.is_grad_enabled()):
+            embeddings = gather_embeddings(encode(extras[side]))
         return Extra(embeddings, distributed.gather_tensor(extras[f"{side}_id"]))
 
 
