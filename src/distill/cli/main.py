@@ -19,6 +19,8 @@ from distill.errors import DistillError, InputError, RunError, one_line
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("distill.cli.demo", "train the demo teacher and students, print the recall table"),
+    "teacher-check": ("distill.cli.teacher_check",
+                      "check that the recipe's teacher re-ranks a sample of validation queries better than the student"),
     "cache-teacher": ("distill.cli.cache_teacher",
                       "score each training anchor's top-K student candidates with the teacher once, into a cache"),
     "mine": ("distill.cli.mine", "build a text recipe's training file (query, positives, hard negatives) from a "

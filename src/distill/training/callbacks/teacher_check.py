@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 
 from distill.errors import TrainingError
 
-__all__ = ["CheckResult", "TeacherCheck", "TeacherCheckError", "ENV_SWITCH", "run_teacher_check"]
+__all__ = ["CheckResult", "TeacherCheck", "TeacherCheckError", "ENV_SWITCH", "refusal", "run_teacher_check", "val_loaders"]
 
 ENV_SWITCH = "DISTILL_TEACHER_CHECK"
 SWITCH = "--teacher_check false"
@@ -100,7 +101,7 @@ class TeacherCheck(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.skip_reason(trainer, pl_module) is not None:
             return
-        loaders = _val_loaders(trainer)
+        loaders = val_loaders(trainer.datamodule)
         if not loaders:
             return
         with isolate_rng():  # the loaders' iterators draw seeds: training starts from the state it had without the check
@@ -109,15 +110,19 @@ class TeacherCheck(Callback):
             return
         self.result = result
         if not result.passed:
-            raise TeacherCheckError(
-                f"teacher check: {result.summary()}: the teacher does not improve on the student, so distilling from it would not help; "
-                f"use a stronger teacher (model.init_args.teacher), or pass {SWITCH} to train anyway")
+            raise TeacherCheckError(refusal(result))
         if trainer.is_global_zero:
             logger.info("teacher check passed: %s", result.summary())
 
 
-def _val_loaders(trainer: L.Trainer) -> list[DataLoader]:
-    datamodule = trainer.datamodule
+def refusal(result: CheckResult, anyway: str = f"pass {SWITCH} to train anyway") -> str:
+    """The one line that stops a run whose teacher failed the check; ``anyway`` says how to train regardless."""
+    return (f"teacher check: {result.summary()}: the teacher does not improve on the student, so distilling from it "
+            f"would not help; use a stronger teacher (model.init_args.teacher), or {anyway}")
+
+
+def val_loaders(datamodule: Any) -> list[DataLoader]:
+    """The data module's validation loaders (a list, empty when it has no validation split)."""
     make = getattr(datamodule, "val_dataloader", None)
     if not callable(make):
         return []
@@ -151,7 +156,8 @@ def run_teacher_check(module: Any, datamodule: Any, loaders: list[DataLoader], q
                 evaluator.update("student", batch, module.student.encode_a, module.student.encode_b)
         if not len(evaluator):
             return None
-        ctx = module.eval_context("val")
+        with _attached(module, datamodule):
+            ctx = module.eval_context("val")
         ctx.partial = True  # the metrics cover the sampled queries
         results = evaluator.compute(ctx)
     finally:
@@ -162,6 +168,33 @@ def run_teacher_check(module: Any, datamodule: Any, loaders: list[DataLoader], q
     return CheckResult(metric, float(results["student"][metric]), float(results["two_stage"][metric]),
                        len(sampled), k, int(results["two_stage"].get("teacher_pairs", 0)),
                        time.perf_counter() - start)
+
+
+@dataclass
+class _NoTrainer:
+    """What :meth:`DistillationModule.eval_context` reads of a trainer, for a check run outside ``fit``
+    (``distill teacher-check``): the data module, no logger, no limit on the batches."""
+
+    datamodule: Any
+    logger: None = None
+    global_step: int = 0
+    sanity_checking: bool = False
+    fast_dev_run: bool = False
+    limit_val_batches: float = 1.0
+    limit_test_batches: float = 1.0
+
+
+@contextmanager
+def _attached(module: Any, datamodule: Any) -> Iterator[None]:
+    """Attach a :class:`_NoTrainer` to a module that no trainer runs, for the duration of the block."""
+    if getattr(module, "_trainer", None) is not None:
+        yield
+        return
+    module.trainer = _NoTrainer(datamodule)
+    try:
+        yield
+    finally:
+        module.trainer = None
 
 
 def _sample(loaders: list[DataLoader], datamodule: Any, queries: int, passages: int,
