@@ -137,7 +137,7 @@ def test_a_bad_value_is_one_line_naming_the_option(tmp_path: Path, student: Path
     assert "--vector-dtype" in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(InputError, match="--vector-dtype float16 applies to --backend faiss and numpy"):
         BackendSettings(backend="qdrant", vector_dtype="float16").resolve("dense")
-    with pytest.raises(InputError, match="--vector-dtype applies to dense students"):
+    with pytest.raises(InputError, match="--vector-dtype applies to dense and late-interaction students"):
         BackendSettings(backend="numpy", vector_dtype="float32").resolve("sparse")
     assert not (tmp_path / "index").exists()
 

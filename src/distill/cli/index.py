@@ -11,6 +11,7 @@ from distill.outputs import claim_output
 from distill.serving.index.backends import BACKENDS, EXTRAS, FAISS_TYPES, FLOAT32_BUDGET, VECTOR_DTYPES, \
     BackendSettings
 from distill.serving.index.folder import INDEX_META, build_index
+from distill.serving.index.late import TOKEN_CANDIDATES
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +39,12 @@ def build_parser() -> CommandParser:
                         help=f"dense students, numpy and faiss backends: stored precision. auto (default): float32 "
                              f"while the N x D float32 vectors take at most {FLOAT32_BUDGET >> 30} GiB (fastest exact "
                              "search), float16 above it (half the memory, about 2**-11 relative error per "
-                             "coordinate)")
+                             "coordinate). Late-interaction students: the stored token vectors, float16 unless "
+                             "float32")
+    parser.add_argument("--token-candidates", type=positive_int,
+                        help=f"late-interaction students: nearest stored tokens each query token retrieves before "
+                             f"exact rescoring, the index's search default (default {TOKEN_CANDIDATES}; "
+                             "docs/deployment.md)")
     faiss = parser.add_argument_group("faiss")
     faiss.add_argument("--faiss-type", choices=FAISS_TYPES, default=defaults.faiss_type,
                        help="flat: exact IndexFlatIP; ivf / hnsw: approximate")
@@ -76,12 +82,13 @@ def main(argv: list[str]) -> None:
         out = build_index(args.student, load_datamodule(args.data), args.split, args.out, args.chunk_size,
                           progress=not args.no_progress, weights=args.weights,
                           top_k=args.top_k, source=args.data, settings=settings,
-                          trust_remote_code=args.trust_remote_code)
+                          trust_remote_code=args.trust_remote_code, token_candidates=args.token_candidates)
     meta = read_json(out / INDEX_META)
     url = (meta.get("backend_settings") or {}).get("url")
     where = (f"into the Qdrant collection {meta['collection_name']} (alias {args.collection}) at {url}; manifest "
              f"and items in {out}") if url else f"({meta['bytes']:,} bytes) into {out}"
-    print(f"indexed {meta['count']} items ({meta['kind']}, {meta['backend']}) {where}")
+    tokens = f", {meta['tokens']:,} token vectors" if "tokens" in meta else ""
+    print(f"indexed {meta['count']} items ({meta['kind']}{tokens}, {meta['backend']}) {where}")
     if args.backend is None and meta["kind"] == "dense" and meta["backend"] == "numpy":
         print(f"note: {EXTRAS['faiss'][1].split('==')[0]} is not installed, so the dense index uses the numpy backend "
               f"(the same results, slower): pip install '{EXTRAS['faiss'][1]}'", file=sys.stderr)

@@ -37,6 +37,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("--backend", choices=sorted(BACKENDS),
                         help="the backend the index was built with (default: read from the index)")
     parser.add_argument("--url", help="Qdrant indexes: reach the server at this address instead of the one built with")
+    parser.add_argument("--token-candidates", type=positive_int,
+                        help="late-interaction indexes: nearest stored tokens each query token retrieves before exact "
+                             "rescoring (default: the value the index was built with)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let the student's export run code it names (class paths outside distill, "
                              "trust_remote_code, auto_map); only for an export you trust")
@@ -86,7 +89,8 @@ def main(argv: list[str]) -> None:
 
     args = build_parser().parse_args(argv)
     texts, images = _queries(args)
-    with open_searcher(args.index, args.student, args.backend, args.url, args.trust_remote_code) as searcher:
+    with open_searcher(args.index, args.student, args.backend, args.url, args.trust_remote_code,
+                       args.token_candidates) as searcher:
         for text in texts if searcher.tokenizer is not None else []:
             check_query_tokens(searcher.tokenizer, text, "query" if args.queries_file or not args.query else "--query")
         results = searcher.search(texts or None, images or None, args.k, args.batch_size)

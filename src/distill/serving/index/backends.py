@@ -6,9 +6,11 @@ backend      kinds   what                                                     ex
 ``numpy``    both    exact dense search (:class:`DenseIndex`) or distill's     none
                      blockwise inverted index (:class:`SparseIndex`; the
                      sparse default)
-``faiss``    dense   FAISS ``IndexFlatIP`` (exact; the dense default when      ``faiss`` (faiss-cpu)
-                     installed), ``IVF`` or ``HNSW`` (approximate),
-                     optionally with product quantisation
+``faiss``    dense,  FAISS ``IndexFlatIP`` (exact; the dense default when      ``faiss`` (faiss-cpu)
+             late    installed), ``IVF`` or ``HNSW`` (approximate),
+                     optionally with product quantisation; for a
+                     late-interaction student, over its token vectors
+                     (:mod:`~distill.serving.index.late`)
 ``qdrant``   both    a Qdrant collection with named ``dense`` / ``sparse``    ``qdrant`` (qdrant-client)
                      vectors: embedded in the index folder, or on a server
 ``seismic``  sparse  Seismic's approximate inverted index (``query_cut``,      ``seismic`` (pyseismic-lsr)
@@ -40,7 +42,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "qdrant": ("qdrant_client", "qdrant-client==1.20.0"),
     "seismic": ("seismic", "pyseismic-lsr==0.5.4"),
 }
-BACKENDS: dict[str, tuple[str, ...]] = {"numpy": ("dense", "sparse"), "faiss": ("dense",),
+BACKENDS: dict[str, tuple[str, ...]] = {"numpy": ("dense", "sparse"), "faiss": ("dense", "late-interaction"),
                                         "qdrant": ("dense", "sparse"), "seismic": ("sparse",)}
 FAISS_TYPES = ("flat", "ivf", "hnsw")
 VECTOR_DTYPES = ("auto", "float32", "float16")
@@ -94,8 +96,8 @@ def default_backend(kind: str) -> str:
     12x smaller index; the same benchmark measured it faster per query at N = 100,000 and Seismic 1.11x faster
     at N = 1,000,000 (recall@10 0.952 against 0.989), which ``--backend seismic`` offers.
     """
-    if kind == "dense" and importlib.util.find_spec(EXTRAS["faiss"][0]) is not None:
-        return "faiss"
+    if kind == "late-interaction" or (kind == "dense" and importlib.util.find_spec(EXTRAS["faiss"][0]) is not None):
+        return "faiss"  # late interaction: FAISS only (`require` names the pip command when it is missing)
     return "numpy"
 
 
@@ -153,8 +155,9 @@ class BackendSettings:
             raise InputError("--pq compresses an approximate index: add --faiss-type ivf or hnsw")
         if self.vector_dtype not in VECTOR_DTYPES:
             raise InputError(f"--vector-dtype {self.vector_dtype!r} is not one of {VECTOR_DTYPES}")
-        if self.vector_dtype != "auto" and kind != "dense":
-            raise InputError(f"--vector-dtype applies to dense students; this student's vectors are {kind} (use "
+        if self.vector_dtype != "auto" and kind == "sparse":
+            raise InputError(f"--vector-dtype applies to dense and late-interaction students; this student's vectors "
+                             f"are {kind} (use "
                              "--weights for the numpy inverted index's precision)")
         if self.vector_dtype == "float16" and backend == "qdrant":
             raise InputError("--vector-dtype float16 applies to --backend faiss and numpy; Qdrant stores float32")

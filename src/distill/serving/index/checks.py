@@ -29,8 +29,9 @@ def check_manifest(folder: str | os.PathLike[str], meta: dict[str, Any], items_n
     where = f"index manifest '{root / meta_name}'"
     if meta.get("side", "b") != "b":
         raise InputError(f"{where}: side is {meta.get('side')!r}; `distill index` indexes the b side only: {_REBUILD}")
-    if meta.get("kind") not in ("dense", "sparse"):
-        raise InputError(f"{where}: kind is {meta.get('kind')!r}, expected 'dense' or 'sparse': {_REBUILD}")
+    if meta.get("kind") not in ("dense", "sparse", "late-interaction"):
+        raise InputError(f"{where}: kind is {meta.get('kind')!r}, expected 'dense', 'sparse' or 'late-interaction': "
+                         f"{_REBUILD}")
     count = meta.get("count")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise InputError(f"{where}: count must be an integer >= 1, got {count!r}: {_REBUILD}")

@@ -15,6 +15,10 @@ stored precision (``--vector-dtype``: float32 while the float32 vectors fit
 :data:`~distill.serving.index.backends.FLOAT32_BUDGET`, float16 above it; sparse: CSR rows to two raw files), and
 the backend is built from that file in blocks. No list of all the items
 or texts is made and the vectors are held once (by the backend, or by none: the numpy backend serves the file).
+
+A late-interaction student's index (``kind`` ``late-interaction``, FAISS only) stores every item's token vectors
+(``tokens.npy``, float16 unless ``--vector-dtype float32``) with per-item offsets and a FAISS index over the tokens,
+streamed the same way; :mod:`distill.serving.index.late` describes its files and its two-stage search.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def _check_request(student_dir: str | os.PathLike[str], config: dict[str, Any], 
     """The resolved backend settings, after every check that needs no encoding (bad flags, missing extras, URL)."""
     kind = config["embedding"]["kind"]
     if kind != "sparse" and (weights != "float32" or top_k is not None):
-        raise InputError(f"'{student_dir}' is a dense student: --weights and --top-k apply to sparse students")
+        raise InputError(f"'{student_dir}' is a {kind} student: --weights and --top-k apply to sparse students")
     tower = config["towers"]["b"]
     if tower["modality"] != "text":
         raise InputError(f"'{student_dir}' tower b reads {tower['modality']}; `distill index` indexes text b items")
@@ -115,10 +119,10 @@ def _encode(student_dir: str | os.PathLike[str], config: dict[str, Any], items: 
     from distill.serving.student_spec import embedding_kind
 
     student = load_student(student_dir, trust_remote_code)
-    if embedding_kind(student) == "late-interaction":
-        raise InputError(f"'{student_dir}' holds a {type(student).__name__} (token embeddings): `distill index` "
-                         "indexes pooled students only for now; late-interaction students are evaluated and searched "
-                         "from the checkpoint (distill.serving.late_search)")
+    if embedding_kind(student) != config["embedding"]["kind"]:
+        raise InputError(f"'{student_dir}' holds a {type(student).__name__}, whose embeddings are "
+                         f"{embedding_kind(student)}, but its {CONFIG_NAME} says {config['embedding']['kind']}: export "
+                         "the student again")
     tokenizer = load_tokenizer(student_dir, trust_remote_code)
     max_length = config["towers"]["b"]["max_length"]
     sparse = config["embedding"]["kind"] == "sparse"
@@ -180,7 +184,8 @@ def _build_backend(settings: BackendSettings, vectors: Path | SparseSpill, items
 def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str,
                 out_dir: str | os.PathLike[str], chunk_size: int = 256, progress: bool = True,
                 weights: str = "float32", top_k: int | None = None, source: str = "",
-                settings: BackendSettings | None = None, trust_remote_code: bool = False) -> Path:
+                settings: BackendSettings | None = None, trust_remote_code: bool = False,
+                token_candidates: int | None = None) -> Path:
     """Encode ``split``'s b side with the exported student and write the index folder ``out_dir``.
 
     ``settings`` picks the backend and its options (default: :class:`BackendSettings`, numpy), and for dense
@@ -191,11 +196,15 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
     indexing. ``source`` (the data file) is recorded in the manifest. Bad flags, a missing extra and a
     server that does not answer are refused before anything is encoded or written, and so is code the export
     names unless ``trust_remote_code`` (:func:`~distill.serving.remote_code.check_export_code`). Everything is
-    streamed (module docstring): ``chunk_size`` items are encoded at a time.
+    streamed (module docstring): ``chunk_size`` items are encoded at a time. A late-interaction student's index
+    records ``token_candidates`` (default :data:`~distill.serving.index.late.TOKEN_CANDIDATES`) as its search default.
     """
     config = read_student_config(student_dir)
     check_export_code(student_dir, config, allow=trust_remote_code)
     settings = _check_request(student_dir, config, settings or BackendSettings(), weights, top_k)
+    if token_candidates is not None and config["embedding"]["kind"] != "late-interaction":
+        raise InputError(f"--token-candidates applies to late-interaction students; '{student_dir}' is "
+                         f"{config['embedding']['kind']}")
     fingerprint = student_fingerprint(student_dir)
     previous = _previous_meta(out_dir)
     meta: dict[str, Any] = {
@@ -203,7 +212,7 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
         "student": str(Path(student_dir).resolve()), "student_fingerprint": fingerprint, "data": source,
         "split": split, "side": "b", "backend": settings.backend, "backend_settings": settings.manifest(),
     }
-    if meta["kind"] != "dense":
+    if meta["kind"] == "sparse":
         meta.update({"weights": weights, "top_k": top_k})
     with atomic_folder(out_dir, "index folder", kind="index") as scratch:
         items = write_tie_ordered(split_items(datamodule, split, ITEM_CHUNKS), datamodule, scratch / ITEMS_NAME,
@@ -211,6 +220,10 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
         if not len(items):
             raise InputError(f"split '{split}' of '{source}' is empty: nothing to index")
         meta["count"] = len(items)
+        if meta["kind"] == "late-interaction":
+            _build_late(student_dir, config, items, scratch, settings, meta, chunk_size, progress, trust_remote_code,
+                        token_candidates)
+            return Path(out_dir)
         if meta["kind"] == "dense":
             dtype = stored_dtype(settings.vector_dtype, len(items), int(config["embedding"]["dim"]))
             settings = replace(settings, vector_dtype=dtype)
@@ -225,6 +238,21 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
 
         retire_previous(settings, previous, meta["collection_name"])
     return Path(out_dir)
+
+
+def _build_late(student_dir: str | os.PathLike[str], config: dict[str, Any], items: ItemTable, scratch: Path,
+                settings: BackendSettings, meta: dict[str, Any], chunk_size: int, progress: bool,
+                trust_remote_code: bool, token_candidates: int | None) -> None:
+    """A late-interaction student's index files (:mod:`distill.serving.index.late`; tokens stored as float16 unless
+    ``vector_dtype`` is float32) and the manifest, in ``scratch``."""
+    from distill.serving.index.late import TOKEN_CANDIDATES, build_late
+
+    settings = replace(settings, vector_dtype="float32" if settings.vector_dtype == "float32" else "float16")
+    index = build_late(student_dir, config, items, scratch, settings, chunk_size, progress, trust_remote_code,
+                       token_candidates or TOKEN_CANDIDATES)
+    meta.update({"vector_dtype": settings.vector_dtype, "backend_settings": settings.manifest(),
+                 "bytes": index.nbytes, "tokens": len(index.tokens)})
+    atomic_write_json(scratch / INDEX_META, {**meta, "files": folder_manifest(scratch, exclude=(INDEX_META,))})
 
 
 def _previous_meta(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -295,6 +323,10 @@ def open_index(folder: str | os.PathLike[str], url: str | None = None, backend: 
 
 
 def _open_backend(folder: Path, meta: dict[str, Any], settings: BackendSettings) -> VectorIndex:
+    if meta["kind"] == "late-interaction":
+        from distill.serving.index.late import LateIndex
+
+        return LateIndex.load(folder, settings)  # type: ignore[return-value]
     if settings.backend == "faiss":
         from distill.serving.index.faiss_backend import FaissIndex
 

@@ -12,6 +12,11 @@ backend call::
 A text query goes through the student's text a-tower, or through tower b (text-to-text in the shared space)
 when tower a reads images; an image file (or PIL image) through the image a-tower, with the preprocessing the
 student was trained with (:func:`~distill.serving.index.corpus.tower_preprocessing`).
+
+An index of a late-interaction student encodes each query as its token vectors (a
+:class:`~distill.evaluation.late.TokenTable` instead of ``[Q, D]``) and searches in two stages
+(:mod:`distill.serving.index.late`): ``token_candidates`` nearest stored tokens per query token (default: the
+index's own, ``late.json``), then the student's exact score of the items owning them.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import numpy as np
 import torch
 
 from distill.errors import InputError
+from distill.evaluation.late import TokenRows, TokenTable
 from distill.serving.index.corpus import encode_texts, load_image, tower_preprocessing
 from distill.serving.index.folder import open_index, student_fingerprints
 from distill.serving.index.query import Hit
 from distill.serving.loading import load_student, load_tokenizer, read_student_config
 
 ImageQuery = str | os.PathLike[str] | Any  # a file path or a PIL image
+Queries = np.ndarray | TokenTable  # [Q, D] vectors, or a late-interaction student's query tokens
 
 __all__ = ["Searcher", "open_searcher"]
 
@@ -39,11 +46,14 @@ class Searcher:
     """An index and its student, loaded once (see the module docstring). Close it (or use ``with``) to release
     the backend (an embedded Qdrant collection holds a lock). ``items`` is the index's
     :class:`~distill.serving.index.items.ItemTable`: a hit's id and text are read from ``items.jsonl`` when the hit
-    is returned, never all loaded."""
+    is returned, never all loaded. ``token_candidates``: late-interaction indexes only, the nearest stored tokens
+    per query token (``None``: the index's default)."""
 
     def __init__(self, index_dir: str | os.PathLike[str], student_dir: str | os.PathLike[str] | None = None,
-                 backend: str | None = None, url: str | None = None, trust_remote_code: bool = False) -> None:
+                 backend: str | None = None, url: str | None = None, trust_remote_code: bool = False,
+                 token_candidates: int | None = None) -> None:
         self.index_dir = Path(index_dir)
+        self.token_candidates = token_candidates
         self.meta, self.index, self.items = open_index(index_dir, url, backend)
         try:
             self.student_dir = Path(student_dir or self.meta["student"])
@@ -54,6 +64,10 @@ class Searcher:
             config = read_student_config(self.student_dir)
             self.towers: dict[str, dict[str, Any]] = config["towers"]
             self.dim = int(config["embedding"]["dim"])
+            self.late = self.meta.get("kind") == "late-interaction"
+            if token_candidates is not None and not self.late:
+                raise InputError(f"--token-candidates applies to late-interaction indexes; '{index_dir}' is "
+                                 f"{self.meta.get('kind')}")
             self.student = load_student(self.student_dir, trust_remote_code)
             self.tokenizer = load_tokenizer(self.student_dir, trust_remote_code) if config.get("tokenizer") else None
         except BaseException:
@@ -63,39 +77,57 @@ class Searcher:
 
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """``texts`` -> ``[Q, D]`` float32 query vectors (``[Q, V]`` for a sparse student)."""
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> Queries:
+        """``texts`` -> ``[Q, D]`` float32 query vectors (``[Q, V]`` for a sparse student; a late-interaction
+        student's token vectors as a :class:`~distill.evaluation.late.TokenTable`)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         for number, text in enumerate(texts, start=1):
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"query {number} is empty: give the text to search for")
         if self.tokenizer is None:
             raise InputError(f"student '{self.student_dir}' was exported without a tokenizer: search it with images")
-        chunks = encode_texts(self.student, self.tokenizer, texts, self.text_side,
-                              self.towers[self.text_side]["max_length"], batch_size)
+        max_length = self.towers[self.text_side]["max_length"]
+        if self.late:
+            from distill.serving.index.late import encode_tokens
+
+            return TokenTable.cat(list(encode_tokens(self.student, self.tokenizer, texts, self.text_side, max_length,
+                                                     batch_size)))
+        chunks = encode_texts(self.student, self.tokenizer, texts, self.text_side, max_length, batch_size)
         return _stack([chunk.numpy() for chunk in chunks], self.dim)
 
     @torch.no_grad()
-    def encode_images(self, images: Sequence[ImageQuery], batch_size: int = 64) -> np.ndarray:
-        """Image files or PIL images -> ``[Q, D]`` float32, through the preprocessing the student trained with."""
+    def encode_images(self, images: Sequence[ImageQuery], batch_size: int = 64) -> Queries:
+        """Image files or PIL images -> ``[Q, D]`` float32 (late interaction: their token vectors), through the
+        preprocessing the student trained with."""
         if self.towers["a"]["modality"] != "image":
             raise InputError(f"student '{self.student_dir}' has no image tower: search it with text queries")
         steps = tower_preprocessing(self.towers["a"], f"'{self.student_dir}'")
-        chunks = []
+        chunks, tokens = [], TokenRows()
         for start in range(0, len(images), batch_size):
             pixels = [load_image(image, steps)["pixel_values"] if isinstance(image, (str, os.PathLike))
                       else steps(image).unsqueeze(0) for image in images[start:start + batch_size]]
-            chunks.append(self.student.encode_a({"pixel_values": torch.cat(pixels)}).float().cpu().numpy())
-        return _stack(chunks, self.dim)
+            encoded = self.student.encode_a({"pixel_values": torch.cat(pixels)})
+            if self.late:
+                tokens.append(encoded)
+            else:
+                chunks.append(encoded.float().cpu().numpy())
+        return tokens.finish() if self.late else _stack(chunks, self.dim)
 
     # ------------------------------------------------------------------ searching
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The top-``k`` hits of each query vector ``[Q, D]``, best first (score ties: the larger document id)."""
+    def search_vectors(self, vectors: Queries, k: int = 10) -> list[list[Hit]]:
+        """The top-``k`` hits of each query vector ``[Q, D]`` (late interaction: each query's token vectors, a
+        :class:`~distill.evaluation.late.TokenTable`), best first (score ties: the larger document id)."""
         if k < 1:
             raise InputError(f"-k {k}: ask for at least one hit")
         if not len(vectors):
             return []
-        scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        if isinstance(vectors, TokenTable) != self.late:
+            raise InputError(f"index '{self.index_dir}' holds {self.meta.get('kind')} vectors: search it with "
+                             f"{'token vectors (a TokenTable)' if self.late else '[Q, D] vectors'}")
+        if self.late:
+            scores, rows = self.index.search(vectors, k, self.token_candidates)  # type: ignore[call-arg]
+        else:
+            scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         return [[Hit(rank + 1, self.items[row], float(score))
                  for rank, (score, row) in enumerate(zip(line_scores, line_rows)) if row >= 0]
                 for line_scores, line_rows in zip(scores.tolist(), rows.tolist())]
@@ -131,6 +163,7 @@ def _stack(chunks: list[np.ndarray], width: int) -> np.ndarray:
 
 
 def open_searcher(index_dir: str | os.PathLike[str], student_dir: str | os.PathLike[str] | None = None,
-                  backend: str | None = None, url: str | None = None, trust_remote_code: bool = False) -> Searcher:
+                  backend: str | None = None, url: str | None = None, trust_remote_code: bool = False,
+                  token_candidates: int | None = None) -> Searcher:
     """Open an index folder and the student that built it, once (:class:`Searcher`)."""
-    return Searcher(index_dir, student_dir, backend, url, trust_remote_code)
+    return Searcher(index_dir, student_dir, backend, url, trust_remote_code, token_candidates)
