@@ -13,6 +13,9 @@ A document missing from the candidates is never ranked, so recall depends on ``t
 ``nprobe``); with a flat index and ``tokens_per_query_token`` >= every document token the result equals the
 exhaustive :func:`~distill.evaluation.late.late_top_k`. Memory: the index holds ``S x D`` float32 (``S`` document
 tokens) plus ``S`` owner ids (8 bytes each); a query scores at most ``Tq x tokens_per_query_token`` documents.
+
+This is the in-memory form (a split's :class:`~distill.evaluation.late.TokenTable`); ``distill index`` writes the
+same two-stage search to an index folder, streamed and memory-mapped (:mod:`distill.serving.index.late`).
 """
 
 from __future__ import annotations

@@ -211,12 +211,15 @@ class LateIndex:
         flat = np.asarray(self.tokens[np.repeat(starts, lengths) + within], dtype=np.float32)
         return TokenTable(torch.from_numpy(flat), torch.from_numpy(lengths))
 
-    def candidate_rows(self, queries: TokenTable, token_candidates: int | None = None) -> list[np.ndarray]:
-        """Per query, the sorted rows of the items owning one of its tokens' ``token_candidates`` nearest tokens."""
+    def token_hits(self, queries: TokenTable, token_candidates: int | None = None) -> np.ndarray:
+        """``[Sq, t]`` the stored token rows nearest each query token (best first, ``-1`` where fewer)."""
         take = min(int(token_candidates or self.token_candidates), len(self.tokens))
         if take < 1:
             raise InputError(f"--token-candidates {token_candidates}: give at least 1")
-        _, hits = self.candidates.search(np.ascontiguousarray(queries.flat.float().numpy()), take)
+        return self.candidates.search(np.ascontiguousarray(queries.flat.float().numpy()), take)[1]
+
+    def candidate_rows(self, queries: TokenTable, hits: np.ndarray) -> list[np.ndarray]:
+        """Per query, the sorted rows of the items owning one of its tokens' ``hits`` (:meth:`token_hits`)."""
         owners = np.searchsorted(self.offsets, hits, side="right") - 1
         owners[hits < 0] = -1
         bounds = queries.offsets.tolist()
@@ -224,17 +227,14 @@ class LateIndex:
                 (owners[start:stop].ravel() for start, stop in zip(bounds[:-1], bounds[1:]))]
 
     @torch.no_grad()
-    def search(self, queries: TokenTable, k: int = 10, token_candidates: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """``queries`` (their valid token vectors) -> ``(scores [Q, k] float32, rows [Q, k] int64)``, best first
-        (ties: the lower row), padded with ``-inf`` / ``-1`` where a query has fewer than ``k`` candidates."""
+    def rank(self, queries: TokenTable, hits: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` of each query's candidates (owners of ``hits``) by the exact late score: ``(scores [Q, k]
+        float32, rows [Q, k] int64)``, best first (ties: the lower row), ``-inf`` / ``-1`` past the candidates."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if queries.shape[1] != self.dim:
-            raise ValueError(f"query tokens must be [*, {self.dim}], got width {queries.shape[1]}")
         scores = np.full((len(queries), k), -np.inf, np.float32)
         rows = np.full((len(queries), k), -1, np.int64)
-        for number, found in enumerate(self.candidate_rows(queries, token_candidates)):
+        for number, found in enumerate(self.candidate_rows(queries, hits)):
             if not len(found):
                 continue
             query: TokenEmbeddings = queries.block(number, number + 1).float()
@@ -245,6 +245,15 @@ class LateIndex:
             scores[number, :len(order)], rows[number, :len(order)] = exact[order], found[order]
         return scores, rows
 
+    def search(self, queries: TokenTable, k: int = 10, token_candidates: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """``queries`` (their valid token vectors) -> ``(scores [Q, k] float32, rows [Q, k] int64)``: :meth:`rank`
+        of the :meth:`token_hits` of ``token_candidates`` (default: the index's) per query token."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"query tokens must be [*, {self.dim}], got width {queries.shape[1]}")
+        return self.rank(queries, self.token_hits(queries, token_candidates), k)
 
 def build_late(student_dir: str | os.PathLike[str], config: dict[str, Any], items: Any, scratch: Path,
                settings: BackendSettings, chunk_size: int, progress: bool, trust_remote_code: bool = False,
