@@ -27,9 +27,15 @@ def _check_off_for_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTILL_TEACHER_CHECK", "0")
 
 
-def test_the_trained_grid_teacher_passes_against_a_random_student(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_trained_grid_teacher_passes_against_a_random_student(capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line on stdout; in a log file, progress lines on stderr (here one per batch)."""
+    monkeypatch.setenv("DISTILL_PROGRESS_SECONDS", "0")
     main(["teacher-check", "--config", GRID_RECIPE, *GRID_DATA, "--queries", "16", "--k", "8"])
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    assert "distill: teacher check: 32 items of the sample encoded" in captured.err  # 16 images x 2 captions
+    assert "distill: teacher check: the teacher re-ranks the top 8 of 16 sampled queries" in captured.err
+    out = captured.out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("teacher check passed: "), out
     queries, metric, student, k, two_stage, pairs = SUMMARY.search(out[0]).groups()
     assert (queries, metric, k) == ("16", "rsum", "8")

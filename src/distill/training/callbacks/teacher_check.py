@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Subset
 
 from distill.errors import TrainingError
+from distill.progress import format_seconds, line_interval
 
 __all__ = ["CheckResult", "TeacherCheck", "TeacherCheckError", "ENV_SWITCH", "refusal", "run_teacher_check", "val_loaders"]
 
@@ -150,12 +151,19 @@ def run_teacher_check(module: Any, datamodule: Any, loaders: list[DataLoader], q
     module.scorer.apply_precision()
     try:
         sampled: set[int] = set()
+        done, last = 0, time.perf_counter()
         with torch.no_grad():
             for batch in _sample(loaders, datamodule, queries, passages, sampled):
+                done += _items(batch)
                 batch = move_data_to_device(batch, module.device)
                 evaluator.update("student", batch, module.student.encode_a, module.student.encode_b)
+                if time.perf_counter() - last >= line_interval():  # a line at least every 30 s in a log file
+                    last = time.perf_counter()
+                    logger.info("teacher check: %s items of the sample encoded, %s elapsed", f"{done:,}",
+                                format_seconds(last - start))
         if not len(evaluator):
             return None
+        logger.info("teacher check: the teacher re-ranks the top %d of %d sampled queries", k, len(sampled))
         with _attached(module, datamodule):
             ctx = module.eval_context("val")
         ctx.partial = True  # the metrics cover the sampled queries
@@ -226,6 +234,12 @@ def _sample(loaders: list[DataLoader], datamodule: Any, queries: int, passages: 
                 yield batch
             if len(sampled) >= queries:
                 break
+
+
+def _items(batch: Mapping[str, Any]) -> int:
+    """Items in a batch: its query (a) or passage (b) ids."""
+    ids = batch.get("a_id", batch.get("b_id"))
+    return len(ids) if ids is not None else 0
 
 
 def _limited(loader: DataLoader | Any, batches: int) -> Iterator[Any]:
