@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from distill.serving.index.corpus import encode_texts
+from distill.serving.index.corpus import TOKENS_PER_FORWARD, encode_texts
 from tests.helpers import LogLines, bert_tokenizer
 
 
@@ -64,11 +64,13 @@ def test_chunks_are_sorted_by_length_and_come_back_in_order(tmp_path: Path, tiny
     assert [tuple(chunk.shape) for chunk in chunks] == [(256, 32), (64, 32)]
     assert all(chunk.dtype == torch.float32 for chunk in chunks)
     forwards, student.forwards = student.forwards, []
-    # the first chunk (256 rows, up to 60 tokens) needs more than one forward of 8,192 tokens, each padded to
-    # its own longest row, longest rows first
+    # the first chunk (256 rows, up to 60 tokens) needs more than one forward of TOKENS_PER_FORWARD tokens, each
+    # padded to its own longest row, longest rows first
     assert len(forwards) > 2 and sum(rows for rows, _, _ in forwards) == len(texts)
-    assert all(width == longest and rows * width <= 8192 for rows, width, longest in forwards)
-    first_chunk = forwards[:-1]
+    assert all(width == longest and rows * width <= TOKENS_PER_FORWARD for rows, width, longest in forwards)
+    done = [sum(rows for rows, _, _ in forwards[:end]) for end in range(len(forwards) + 1)]
+    first_chunk = forwards[:done.index(256)]
+    assert len(first_chunk) > 1
     assert [width for _, width, _ in first_chunk] == sorted((width for _, width, _ in first_chunk), reverse=True)
     with torch.no_grad():  # each text alone, unpadded: the reference
         alone = torch.cat([student.encode_b({key: value for key, value in tokenizer(

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from distill.data.image_preprocessing import ImagePreprocessing, three_channels
 from distill.errors import InputError
 
-__all__ = ["CorpusItem", "encode_texts", "load_image", "split_items", "tie_order", "tokenize", "tower_preprocessing"]
+__all__ = ["TOKENS_PER_FORWARD", "CorpusItem", "encode_texts", "load_image", "split_items", "tie_order", "tokenize", "tower_preprocessing"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,12 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str,
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
+# all-MiniLM-L6-v2 on one CPU thread, 384 standard-library functions in chunks of 256: 8,192 tokens per forward
+# encode 0.63x as fast as SentenceTransformer.encode (batches of 32), 4,096 0.93x, 2,048 1.12x, 1,024 1.20x:
+# activations of a small forward stay in cache.
+TOKENS_PER_FORWARD = 2048
+
+
 def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side: str, max_length: int,
                  chunk_size: int = 256, progress: bool = False) -> Iterator[Tensor]:
     """``student.encode_<side>`` of ``texts``, ``chunk_size`` at a time: yields each chunk's ``[n, D]`` float32
@@ -89,14 +95,14 @@ def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side:
     filled array, sparse rows). ``progress``: a bar on a terminal, a line every 30 s otherwise
     (:func:`distill.progress.progress`).
 
-    Within a chunk the texts are sorted by token count and cut into forwards of at most 8,192 tokens
-    (rows x the longest row, and at most ``chunk_size`` rows), each padded to its own longest text, so a
+    Within a chunk the texts are sorted by token count and cut into forwards of at most
+    :data:`TOKENS_PER_FORWARD` tokens (rows x the longest row), each padded to its own longest text, so a
     chunk mixing short and long texts does not pad every row to the longest one; each row's vector is what
     it would be alone (padding is masked), and the rows come back in their original order.
     """
     from distill.progress import progress as progress_bar
 
-    tokens_per_forward = 8192
+    tokens_per_forward = TOKENS_PER_FORWARD
     encode = getattr(student, f"encode_{side}")
     with progress_bar(len(texts), f"encoding {side}", "texts", enabled=progress) as bar:
         for start in range(0, len(texts), chunk_size):
