@@ -17,7 +17,7 @@ def test_quick_run_writes_both_sections(tmp_path: Path, monkeypatch: pytest.Monk
     module.main(["--quick", "--out", str(out), "--scaling", str(scaling)])
     text = out.read_text()
     assert "<!-- late-retrieval:start -->" in text and "<!-- late-retrieval:end -->" in text
-    assert "| 32 (default) |" in text and "pooled, FAISS IndexFlatIP float32" in text
+    assert "| 1024 (default) |" in text and "pooled, FAISS IndexFlatIP float32" in text
     recalls = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| ") and
                line.split("|")[1].strip().split(" ")[0].isdigit()]
     assert recalls == sorted(recalls) and 0 < recalls[-1] <= 1

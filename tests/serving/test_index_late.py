@@ -159,3 +159,15 @@ def test_a_damaged_late_index_is_refused_in_one_line(late_index: dict, tmp_path:
     np.save(copy / OFFSETS_NAME, offsets)
     line = error_line(capsys, ["search", "--index", str(copy), "--query", "a red circle"])
     assert OFFSETS_NAME in line and "rebuild" in line
+
+
+def test_token_candidates_on_a_pooled_student_is_one_line(late_index: dict, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.helpers import DENSE_SPEC
+
+    export_student(build(DENSE_SPEC), tmp_path / "dense", student_spec=DENSE_SPEC,
+                   datamodule=late_index["datamodule"], onnx=False)
+    line = error_line(capsys, ["index", "--student", str(tmp_path / "dense"), "--data", str(late_index["data"]),
+                               "--out", str(tmp_path / "index"), "--token-candidates", "8", "--no-progress"])
+    assert "--token-candidates applies to late-interaction students" in line
+    assert not (tmp_path / "index").exists()
