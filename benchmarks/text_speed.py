@@ -302,7 +302,7 @@ def render(rows: list[Row], notes: dict[str, float], repeats: int, command: str)
               f"- Student encoding: distill `encode_texts` (chunks of {INDEX_CHUNK}, as `distill index`) vs "
               f"`SentenceTransformer.encode` (batch size {ST_BATCH}) of the same export; largest embedding "
               f"difference {student.max_diff:.1e}.",
-              "- Both distill paths sort the texts of a chunk by token count and run forwards of at most 8,192 "
+              "- Both distill paths sort the texts of a chunk by token count and run forwards of at most 2,048 "
               "tokens, each padded to its own longest text, then restore the order; sentence-transformers' "
               "`encode` sorts the whole input by length, `CrossEncoder.predict` batches the pairs in the order given."]
     return "\n".join(lines) + "\n"
