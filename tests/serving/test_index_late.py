@@ -171,3 +171,28 @@ def test_token_candidates_on_a_pooled_student_is_one_line(late_index: dict, tmp_
                                "--out", str(tmp_path / "index"), "--token-candidates", "8", "--no-progress"])
     assert "--token-candidates applies to late-interaction students" in line
     assert not (tmp_path / "index").exists()
+
+
+def test_a_late_build_encodes_one_chunk_at_a_time_and_stores_what_one_pass_gives(
+        late_index: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.serving.index import late as late_module
+    from distill.serving.index.backends import BackendSettings
+    from distill.serving.index.folder import build_index
+
+    calls: list[int] = []
+    real = late_module.encode_tokens
+
+    def counted(student, tokenizer, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return real(student, tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(late_module, "encode_tokens", counted)
+    build_index(late_index["student"], late_index["datamodule"], "test", tmp_path / "index", chunk_size=8,
+                progress=False, settings=BackendSettings(backend="faiss", vector_dtype="float32"))
+    assert max(calls) == 8 and sum(calls) == 60
+    _, _, items = open_index(tmp_path / "index")
+    student, tokenizer = load_student(late_index["student"]), load_tokenizer(late_index["student"])
+    max_length = read_student_config(late_index["student"])["towers"]["b"]["max_length"]
+    whole = TokenTable.cat(list(real(student, tokenizer, [item.text for item in items[0:60]], "b", max_length, 1000)))
+    assert np.array_equal(np.load(tmp_path / "index" / OFFSETS_NAME), whole.offsets.numpy())
+    assert np.abs(np.load(tmp_path / "index" / TOKENS_NAME) - whole.flat.numpy()).max() < 1e-5
