@@ -242,7 +242,7 @@ def build_index(student_dir: str | os.PathLike[str], datamodule: Any, split: str
 
 def _build_late(student_dir: str | os.PathLike[str], config: dict[str, Any], items: ItemTable, scratch: Path,
                 settings: BackendSettings, meta: dict[str, Any], chunk_size: int, progress: bool,
-                trust_remote_code: bool, token_candidates: int | None) -> None:
+                trust_remote_code: bool = False, token_candidates: int | None = None) -> None:
     """A late-interaction student's index files (:mod:`distill.serving.index.late`; tokens stored as float16 unless
     ``vector_dtype`` is float32) and the manifest, in ``scratch``."""
     from distill.serving.index.late import TOKEN_CANDIDATES, build_late
