@@ -102,6 +102,28 @@ def test_coco_blip_itm_to_clip_cprd(tmp_path: Path, tiny_models, image_text_data
          f"--data.init_args.teacher_processor={tiny_models.blip}")
 
 
+
+def test_coco_cached_recipe_builds_its_cache_and_trains_from_it(tmp_path: Path, tiny_models, image_text_data,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands in the COCO cached recipe's header, with tiny CLIP and BLIP: cache-teacher scores each anchor's
+    candidates once, then a fit step reads them as extras (without gradient) and never calls BLIP."""
+    from distill.cli.cache_teacher import main as cache_main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [arg.replace("--data.init_args.", "--data.init_args.data.init_args.") for arg in
+                 [*tiny_overrides("coco", tiny_models, image_text_data, tmp_path), *COMMON]]
+    common = ["--config", str(REPO_ROOT / "configs/coco/blip-itm-to-clip-cached-cprd-kl.yaml"), *overrides,
+              f"--model.init_args.candidates.init_args.path={tmp_path / 'cache'}"]
+    cache_main([arg for arg in common if "fast_dev_run" not in arg] + ["--k", "3", "--no-progress"])
+    assert (tmp_path / "cache" / "manifest.json").is_file()
+    cli = fit_and_check([*common, f"--trainer.default_root_dir={tmp_path}"])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["train/teacher_pairs_total"]) == 0.0
+    assert float(metrics["train/cached_negatives_a2b"]) >= 1.0  # each anchor's extras are among its candidates
+    assert [source.extra_gradient for source in cli.model.candidates] == [False]
+    assert cli.datamodule.candidates_per_anchor == 2
+
+
 def test_flickr_vilt_to_timm_bert_dcd(tmp_path: Path, tiny_models, image_text_data,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
