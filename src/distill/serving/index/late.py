@@ -45,7 +45,7 @@ from distill.evaluation.late import TokenTable
 from distill.io import atomic_write_json, atomic_writer, read_json
 from distill.serving.index.backends import BackendSettings
 from distill.serving.index.checks import check_finite
-from distill.serving.index.corpus import tokenize
+from distill.serving.index.corpus import TOKENS_PER_FORWARD, tokenize
 from distill.students.late_interaction import TokenEmbeddings, late_scores
 
 TOKENS_NAME = "tokens.npy"
@@ -107,9 +107,10 @@ def encode_tokens(student: nn.Module, tokenizer: Any, texts: Sequence[str], side
                   chunk_size: int = 256) -> Iterator[TokenTable]:
     """``student.encode_<side>`` of ``texts``, ``chunk_size`` at a time: yields each chunk's valid token vectors
     (a float32 :class:`~distill.evaluation.late.TokenTable`, in the order of ``texts``). Within a chunk the texts are
-    sorted by length and cut into forwards of at most 8,192 tokens, each padded to its own longest text (an item's
+    sorted by length and cut into forwards of at most :data:`~distill.serving.index.corpus.TOKENS_PER_FORWARD` tokens,
+    as :func:`~distill.serving.index.corpus.encode_texts` cuts them, each padded to its own longest text (an item's
     tokens do not depend on the padding: it is masked)."""
-    tokens_per_forward = 8192
+    tokens_per_forward = TOKENS_PER_FORWARD
     encode = getattr(student, f"encode_{side}")
     for start in range(0, len(texts), chunk_size):
         batch = tokenize(tokenizer, texts[start:start + chunk_size], max_length)
