@@ -114,7 +114,7 @@ class TokenEmbeddings:
 
 def unsupported_message(operation: str) -> str:
     return (f"a late-interaction student's token embeddings reached `{operation}` in a path that handles pooled "
-            "[N, D] embeddings only (teacher-cache mining, index building and export do for now): use a pooled "
+            "[N, D] embeddings only (teacher-cache mining does for now): use a pooled "
             "student preset there (e.g. students/shapes-dual-encoder.yaml)")
 
 
