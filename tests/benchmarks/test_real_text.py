@@ -68,6 +68,10 @@ def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, ca
             assert 0.0 <= value <= 1.0, (name, metric, value)
     assert set(first["ran"]) >= {"data", "bm25", "teacher", "teacher-bm25", "zero-shot", "mine", "cache", "two-stage"}
     assert first["stages"]["cache"]["teacher_pairs"] > 0
+    ce = first["stages"]["teacher"]
+    assert (ce["loss"], ce["negatives_from"], ce["pooler"]) == (real_text.TEACHER_LOSS, real_text.TEACHER_NEGATIVES_FROM,
+                                                               real_text.TEACHER_POOLER)
+    assert ce["queries"] == 24 and ce["pairs_seen"] == 6 * 8 * real_text.teacher.pairs_per_query(ce["loss"], 3)
     assert (out / "teacher" / "model.safetensors").is_file()
     assert "<!-- real-text:start -->" in markdown.read_text()
 
@@ -77,3 +81,5 @@ def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, ca
     assert second["ran"] == []
     assert (out / "real-text.md").read_text() == table
     assert not re.search(r"\] \S+: running", capsys.readouterr().out)
+    with pytest.raises(SystemExit, match="teacher_loss"):  # another teacher recipe needs another --out
+        real_text.main([*argv, "--teacher-loss", "bce", "--dry-run"])
