@@ -1,8 +1,8 @@
 """The real-text study's cross-encoder teacher: its training examples, its training and its use as a re-ranker.
 
-    python benchmarks/real_text_teacher.py --data runs/code-search --out runs/teacher-x --queries 2560 \\
-        --loss listnet --negatives-from student --steps 160 --candidates runs/teacher-sweep/candidates.json \\
-        --test runs/real-text-t600/data/test     # trains one teacher, then re-ranks the candidates' top 20
+    python benchmarks/real_text_teacher.py --data runs/code-search --out runs/teacher-x --study runs/real-text-t600 \
+        --queries 1200 --loss mnrl --negatives-from student --steps 150 --batch-size 8 --lr 1e-4
+    # trains one teacher, then re-ranks the study's InfoNCE student's top 20 for its first 200 test queries
 
 Training examples: ``--queries`` training queries of the BEIR folder's train split (seeded sample), each with its
 first judged passage as the positive and ``--negatives`` negatives mined from the pool of the sampled queries'
@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from distill.data.beir.files import jsonl_records, read_qrels  # noqa: E402
+from distill.io import atomic_write_json  # noqa: E402
 
 LOSSES = ("bce", "listnet", "mnrl")
 LOSS_NAMES = {"bce": "BinaryCrossEntropyLoss", "listnet": "ListNetLoss", "mnrl": "MultipleNegativesRankingLoss"}
@@ -77,31 +78,62 @@ def bm25_ranking(queries: dict[str, str], passages: dict[str, str], depth: int) 
     return {q: [ids[int(d)] for d in docs[i]] for i, q in enumerate(queries)}
 
 
-def student_ranking(queries: dict[str, str], passages: dict[str, str], depth: int, student: str,
-                    max_length: int) -> dict[str, list[str]]:
-    """Each query's top ``depth`` passage ids by the zero-shot student (mean pooling, cosine; queries at 32
-    tokens, passages at ``max_length``)."""
+def mean_pooled(student: str, texts: list[str], max_length: int, weights: dict[str, Any] | None = None) -> Any:
+    """(n, d) unit rows: ``student``'s mean-pooled last hidden states at ``max_length`` tokens (the toolkit's
+    text student), with ``weights`` (a checkpoint's ``tower_a.encoder.*`` tensors, prefix removed) loaded first."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(student)
     model = AutoModel.from_pretrained(student).eval()
+    if weights is not None:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("pooler.")]:
+            raise SystemExit(f"[teacher] checkpoint weights do not fit {student}: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+    rows = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 64):
+            batch = tokenizer(texts[i:i + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            hidden = model(**batch).last_hidden_state
+            rows.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(rows)
 
-    def encode(texts: list[str], length: int) -> torch.Tensor:  # (n, 384), unit rows
-        rows = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), 64):
-                batch = tokenizer(texts[i:i + 64], truncation=True, max_length=length, padding=True, return_tensors="pt")
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                hidden = model(**batch).last_hidden_state
-                rows.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-        return torch.cat(rows)
 
-    ids = list(passages)
-    scores = encode(list(queries.values()), 32) @ encode(list(passages.values()), max_length).T
-    top = scores.topk(min(depth, len(ids)), dim=1).indices
-    return {q: [ids[int(j)] for j in top[i]] for i, q in enumerate(queries)}
+def top_ids(queries: Any, passages: Any, ids: list[str], depth: int) -> list[list[str]]:
+    """Each query row's ``depth`` best passage ids by the dot product of unit rows (cosine)."""
+    top = (queries @ passages.T).topk(min(depth, len(ids)), dim=1).indices
+    return [[ids[int(j)] for j in row] for row in top]
+
+
+def student_ranking(queries: dict[str, str], passages: dict[str, str], depth: int, student: str,
+                    max_length: int) -> dict[str, list[str]]:
+    """Each query's top ``depth`` passage ids by the zero-shot student (queries at 32 tokens, passages at
+    ``max_length``)."""
+    ranked = top_ids(mean_pooled(student, list(queries.values()), 32),
+                     mean_pooled(student, list(passages.values()), max_length), list(passages), depth)
+    return dict(zip(queries, ranked))
+
+
+def study_candidates(study: Path, student: str, max_length: int, depth: int = 100) -> dict[str, dict[str, list[str]]]:
+    """The zero-shot and the InfoNCE (seed 0) students' top ``depth`` for a real_text.py study's test view
+    (``<study>/data/test``, ``<study>/runs/infonce-seed0``), ranked as ``distill test`` ranks them (ties aside)."""
+    from distill.students.weights import read_student_checkpoint
+    from real_text import newest_checkpoint
+
+    test = study / "data" / "test"
+    queries, passages = read_texts(test / "queries.jsonl"), read_texts(test / "corpus.jsonl")
+    prefix = "tower_a.encoder."
+    trained, _ = read_student_checkpoint(newest_checkpoint(study / "runs" / "infonce-seed0"), "checkpoint")
+    runs = {}
+    for name, weights in (("zero-shot", None), ("infonce", {k[len(prefix):]: v for k, v in trained.items()
+                                                             if k.startswith(prefix)})):
+        ranked = top_ids(mean_pooled(student, list(queries.values()), 32, weights),
+                         mean_pooled(student, list(passages.values()), max_length, weights), list(passages), depth)
+        runs[name] = dict(zip(queries, ranked))
+    return runs
 
 
 def examples(queries: dict[str, str], passages: dict[str, str], judged: dict[str, list[str]], negatives: int,
@@ -205,8 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--pooler", choices=("identity", "keep"), default="identity")
     parser.add_argument("--max-length", type=int, default=64, help="passage tokens (the pair gets 32 more)")
-    parser.add_argument("--candidates", type=Path, required=True, help="JSON {student: {query: ranked ids}}")
-    parser.add_argument("--test", type=Path, required=True, help="BEIR folder of the test view")
+    parser.add_argument("--study", type=Path, required=True,
+                        help="a benchmarks/real_text.py --out folder: its test view and its InfoNCE student (seed 0)")
+    parser.add_argument("--students", nargs="+", choices=("infonce", "zero-shot"), default=["infonce"],
+                        help="whose top --depth the teacher re-ranks")
     parser.add_argument("--eval-queries", type=int, default=200, help="the first N test queries (sorted ids)")
     parser.add_argument("--depth", type=int, default=20)
     args = parser.parse_args(argv)
@@ -222,14 +256,19 @@ def main(argv: list[str] | None = None) -> None:
                   args.out / "trainer", args.pooler)
     train_s = time.perf_counter() - start - mined_s
     model.save_pretrained(str(args.out / "teacher"))
-    test_q = read_texts(args.test / "queries.jsonl")
+    test = args.study / "data" / "test"
+    test_q = read_texts(test / "queries.jsonl")
     test_q = {q: test_q[q] for q in sorted(test_q)[: args.eval_queries]}
-    test_p = read_texts(args.test / "corpus.jsonl")
-    qrels = {q: j for q, j in read_qrels(args.test / "qrels" / "test.tsv").items() if q in test_q}
+    test_p = read_texts(test / "corpus.jsonl")
+    qrels = {q: j for q, j in read_qrels(test / "qrels" / "test.tsv").items() if q in test_q}
     result: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": len(rows),
                               "mine_seconds": mined_s, "train_seconds": train_s}
-    for name, run in json.loads(args.candidates.read_text(encoding="utf-8")).items():
-        t = time.perf_counter()
+    saved = args.study / "student-candidates.json"  # the students' rankings, computed once per study
+    if not saved.is_file():
+        atomic_write_json(saved, study_candidates(args.study, student, args.max_length))
+    candidates = json.loads(saved.read_text(encoding="utf-8"))
+    for name in args.students:
+        run, t = candidates[name], time.perf_counter()
         before = ranked_metrics({q: run[q] for q in test_q}, qrels)
         after = ranked_metrics(rerank(model, test_q, test_p, run, args.depth), qrels)
         result[name] = {"student": before, "reranked": after, "seconds": time.perf_counter() - t}

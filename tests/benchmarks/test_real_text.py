@@ -73,6 +73,13 @@ def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, ca
                                                                real_text.TEACHER_POOLER)
     assert ce["queries"] == 24 and ce["pairs_seen"] == 6 * 8 * real_text.teacher.pairs_per_query(ce["loss"], 3)
     assert (out / "teacher" / "model.safetensors").is_file()
+    # real_text_teacher.study_candidates ranks the test view as `distill test` did (same student, same checkpoint)
+    qrels = real_text.read_qrels(out / "data" / "test" / "qrels" / "test.tsv")
+    candidates = real_text.teacher.study_candidates(out, str(tiny_models.bert), 24, depth=100)
+    for name, stage in (("zero-shot", "zero-shot"), ("infonce", "infonce-seed0")):
+        for metric in ("mrr@10", "ndcg@10"):
+            assert real_text.ranked_metrics(candidates[name], qrels)[metric] == \
+                pytest.approx(first["stages"][stage]["metrics"][metric], abs=1e-3), (name, metric)
     assert "<!-- real-text:start -->" in markdown.read_text()
 
     capsys.readouterr()
