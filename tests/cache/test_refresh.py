@@ -317,7 +317,7 @@ def test_a_generation_left_by_another_student_is_replaced_and_a_foreign_folder_r
     module = _module(teacher_dir, first)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _trainer(tmp_path, 1, CacheRefresh(every_n_steps=1), enable_checkpointing=False).fit(module, datamodule=data)
+        _trainer(tmp_path, 2, CacheRefresh(every_n_steps=1), enable_checkpointing=False).fit(module, datamodule=data)
     rebuilt = json.loads((stale / "manifest.json").read_text())
     assert rebuilt["student"] != json.loads((built_cache / "manifest.json").read_text())["student"]
     assert rebuilt["refresh_from"][0]["folder"] == "cache"
@@ -325,7 +325,7 @@ def test_a_generation_left_by_another_student_is_replaced_and_a_foreign_folder_r
     def run_again() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _trainer(tmp_path, 1, CacheRefresh(every_n_steps=1), enable_checkpointing=False).fit(
+            _trainer(tmp_path, 2, CacheRefresh(every_n_steps=1), enable_checkpointing=False).fit(
                 _module(teacher_dir, first), datamodule=CachedCandidatesDataModule(
                     ShapesDataModule(num_train=NUM_TRAIN, batch_size=6, **DATA)))
 
