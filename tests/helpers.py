@@ -763,3 +763,17 @@ def load_benchmark(script: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
+
+
+def late_spec(text_config: dict[str, Any] | None = None, embed_dim: int = 16) -> dict[str, Any]:
+    """A late-interaction student spec: a ResNet-10 patch-token tower (stride 16) and a tiny BERT token tower."""
+    return {
+        "class_path": "distill.students.LateInteractionEncoder",
+        "init_args": {
+            "embed_dim": embed_dim,
+            "tower_a": {"class_path": "distill.students.sparse.TimmTokenTower",
+                        "init_args": {"model_name": "resnet10t", "model_kwargs": {"output_stride": 16}}},
+            "tower_b": {"class_path": "distill.students.TransformersTokenTower",
+                        "init_args": {"config": text_config if text_config is not None else BERT_TINY}},
+        },
+    }

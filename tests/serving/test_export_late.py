@@ -12,18 +12,11 @@ import torch
 from distill.serving.export import export_student
 from distill.serving.loading import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, load_student, read_student_config
 from distill.serving.student_spec import embedding_kind
-from tests.helpers import BERT_TINY, DENSE_SPEC, REPO_ROOT, TINY_DATA_OVERRIDES, batch_independent_late_student, build
+from tests.helpers import (BERT_TINY, DENSE_SPEC, REPO_ROOT, TINY_DATA_OVERRIDES, batch_independent_late_student, build,
+                           late_spec)
 
 LATE_RECIPE = REPO_ROOT / "configs" / "demo" / "grid-late-infonce.yaml"
-LATE_SPEC = {
-    "class_path": "distill.students.LateInteractionEncoder",
-    "init_args": {
-        "embed_dim": 16,
-        "tower_a": {"class_path": "distill.students.sparse.TimmTokenTower",
-                    "init_args": {"model_name": "resnet10t", "model_kwargs": {"output_stride": 16}}},
-        "tower_b": {"class_path": "distill.students.TransformersTokenTower", "init_args": {"config": BERT_TINY}},
-    },
-}
+LATE_SPEC = late_spec(BERT_TINY)
 
 
 def _batch(datamodule, size: int) -> dict:

@@ -21,17 +21,9 @@ from distill.serving.index.folder import INDEX_META, open_index
 from distill.serving.index.late import OFFSETS_NAME, TOKENS_NAME, encode_tokens
 from distill.serving.index.searcher import open_searcher
 from distill.serving.loading import load_student, load_tokenizer, read_student_config
-from tests.helpers import BERT_NO_DROPOUT, TINY_DATA, build, error_line
+from tests.helpers import BERT_NO_DROPOUT, TINY_DATA, build, error_line, late_spec
 
-LATE_SPEC = {
-    "class_path": "distill.students.LateInteractionEncoder",
-    "init_args": {
-        "embed_dim": 16,
-        "tower_a": {"class_path": "distill.students.sparse.TimmTokenTower",
-                    "init_args": {"model_name": "resnet10t", "model_kwargs": {"output_stride": 16}}},
-        "tower_b": {"class_path": "distill.students.TransformersTokenTower", "init_args": {"config": BERT_NO_DROPOUT}},
-    },
-}
+LATE_SPEC = late_spec(BERT_NO_DROPOUT)
 DATA = {**TINY_DATA, "num_test": 20}  # 60 captions
 
 
