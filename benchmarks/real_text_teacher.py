@@ -228,15 +228,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--queries", type=int, default=2560)
-    parser.add_argument("--loss", choices=LOSSES, default="listnet")
+    # defaults: real_text.py's teacher (the best measured; docs/benchmarks.md, real-text, "Teachers tried")
+    parser.add_argument("--queries", type=int, default=1200, help="distinct training queries (default 1200)")
+    parser.add_argument("--loss", choices=LOSSES, default="mnrl")
     parser.add_argument("--negatives-from", choices=SOURCES, default="student")
-    parser.add_argument("--negatives", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=160)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--pooler", choices=("identity", "keep"), default="identity")
+    parser.add_argument("--negatives", type=int, default=3, help="mined negatives per query (default 3)")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8, help="queries per step (pairs for bce); default 8")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--pooler", choices=("identity", "keep"), default="identity",
+                        help="identity: reset the pooler to tanh(x) before training (identity_pooler)")
     parser.add_argument("--max-length", type=int, default=64, help="passage tokens (the pair gets 32 more)")
+    parser.add_argument("--student", default=None,
+                        help="the zero-shot student, its folder (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--init", default=None, help="the cross-encoder's starting weights (default: --student)")
     parser.add_argument("--study", type=Path, required=True,
                         help="a benchmarks/real_text.py --out folder: its test view and its InfoNCE student (seed 0)")
     parser.add_argument("--students", nargs="+", choices=("infonce", "zero-shot"), default=["infonce"],
@@ -247,12 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from real_text import ranked_metrics
 
-    student = str(minilm_path())
+    student = args.student or str(minilm_path())
     start = time.perf_counter()
     queries, passages, judged = sample_queries(args.data, args.queries)
     rows = examples(queries, passages, judged, args.negatives, args.negatives_from, student, args.max_length)
     mined_s = time.perf_counter() - start
-    model = train(rows, args.loss, args.steps, args.batch_size, args.lr, args.max_length + 32, student,
+    model = train(rows, args.loss, args.steps, args.batch_size, args.lr, args.max_length + 32, args.init or student,
                   args.out / "trainer", args.pooler)
     train_s = time.perf_counter() - start - mined_s
     model.save_pretrained(str(args.out / "teacher"))

@@ -82,6 +82,19 @@ def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, ca
                 pytest.approx(first["stages"][stage]["metrics"][metric], abs=1e-3), (name, metric)
     assert "<!-- real-text:start -->" in markdown.read_text()
 
+    # real_text_teacher.py trains another teacher and scores it against this study's students
+    real_text.teacher.main(["--data", str(data), "--out", str(tmp_path / "teacher"), "--study", str(out),
+                            "--student", str(tiny_models.bert), "--init", str(tiny_models.cross_encoder),
+                            "--queries", "8", "--steps", "2", "--batch-size", "2", "--max-length", "24",
+                            "--eval-queries", "6", "--students", "infonce", "zero-shot"])
+    scored = json.loads((tmp_path / "teacher" / "result.json").read_text())
+    six = {q: judged for q, judged in sorted(qrels.items())[:6]}
+    for name in ("infonce", "zero-shot"):
+        assert scored[name]["student"] == pytest.approx(real_text.ranked_metrics(candidates[name], six), abs=1e-9)
+        assert all(0.0 <= value <= 1.0 for value in scored[name]["reranked"].values())
+        assert scored[name]["reranked"]["recall@100"] == pytest.approx(scored[name]["student"]["recall@100"])  # re-ordered
+    assert scored["rows"] == 8 and (out / "student-candidates.json").is_file()
+
     capsys.readouterr()
     real_text.main(argv)  # every stage is done: nothing runs again, the same table comes back
     second = json.loads((out / "results.json").read_text())
