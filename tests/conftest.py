@@ -15,10 +15,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DISTILL_TEACHER_CHECK", "0")
 
 from tests.helpers import (  # noqa: E402  (the offline switches above must come first)
+    DENSE_SPEC,
     TINY_DATA,
     TINY_TEACHER,
     TinyModels,
     bert_tokenizer,
+    build,
     make_student,
     save_bert,
     save_blip,
@@ -60,6 +62,17 @@ def tiny_datamodule():
     dm = ShapesDataModule(**TINY_DATA)
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture
+def dense_export(tmp_path: Path, tiny_datamodule) -> Path:
+    """A tiny dense student (seed 0) exported without ONNX to ``tmp_path / "student"``."""
+    from distill.serving.export import export_student
+
+    torch.manual_seed(0)
+    export_student(build(DENSE_SPEC), tmp_path / "student", student_spec=DENSE_SPEC, datamodule=tiny_datamodule,
+                   onnx=False)
+    return tmp_path / "student"
 
 
 @pytest.fixture(scope="session")

@@ -86,13 +86,6 @@ def data_yaml(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def dense_export(tmp_path: Path, tiny_datamodule) -> Path:
-    export_student(build(DENSE_SPEC), tmp_path / "student", student_spec=DENSE_SPEC, datamodule=tiny_datamodule,
-                   onnx=False)
-    return tmp_path / "student"
-
-
 def index_args(student: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--student", str(student), "--data", str(data), "--out", str(out), "--no-progress", *extra]
 

@@ -11,17 +11,14 @@ import yaml
 
 from distill.cli.index import main as index_main
 from distill.errors import InputError
-from distill.serving import export_student
 from distill.serving.index.folder import INDEX_META, student_fingerprint, student_fingerprints
 from distill.serving.index.searcher import open_searcher
-from tests.helpers import DENSE_SPEC, TINY_DATA, build
+from tests.helpers import TINY_DATA
 
 
 @pytest.fixture
-def export(tmp_path: Path, tiny_datamodule) -> Path:
-    export_student(build(DENSE_SPEC), tmp_path / "student", student_spec=DENSE_SPEC, datamodule=tiny_datamodule,
-                   onnx=False)
-    return tmp_path / "student"
+def export(dense_export: Path) -> Path:
+    return dense_export
 
 
 def _with(export: Path, target: Path, **changes: object) -> Path:

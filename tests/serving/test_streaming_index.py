@@ -19,14 +19,13 @@ import torch
 
 from distill.data.beir.text_table import TextTable
 from distill.errors import InputError
-from distill.serving import export_student
 from distill.serving.index import BackendSettings, DenseIndex, corpus as corpus_module, folder
 from distill.serving.index import items as items_module
 from distill.serving.index.corpus import CorpusItem, encode_texts, tie_order
 from distill.serving.index.folder import INDEX_META, build_index, open_index
 from distill.serving.index.items import ItemTable, ItemWriter
 from distill.serving.index.searcher import open_searcher
-from tests.helpers import DENSE_SPEC, REPO_ROOT, TINY_DATA, build
+from tests.helpers import REPO_ROOT
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
 SHAPES = ["circle", "square", "triangle", "star", "cross"]
@@ -49,11 +48,8 @@ class Captions:
 
 
 @pytest.fixture
-def student(tmp_path: Path, tiny_datamodule) -> Path:
-    torch.manual_seed(0)
-    export_student(build(DENSE_SPEC), tmp_path / "student", student_spec=DENSE_SPEC, datamodule=tiny_datamodule,
-                   onnx=False)
-    return tmp_path / "student"
+def student(dense_export: Path) -> Path:
+    return dense_export
 
 
 def text_vectors(student_module, tokenizer, texts, side, max_length, chunk_size=256, progress=False):

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from distill.errors import InputError
-from distill.serving import export_student
 from distill.serving.index import BackendSettings, DenseIndex
 from distill.serving.index.backends import FLOAT32_BUDGET, stored_dtype
 from distill.serving.index.folder import INDEX_META
-from tests.helpers import DENSE_SPEC, TINY_DATA, build, load_benchmark
+from tests.helpers import TINY_DATA, load_benchmark
 
 
 def unit_vectors(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
@@ -92,11 +90,8 @@ def test_both_precisions_return_the_exhaustive_top_k(tmp_path: Path, backend: st
 
 
 @pytest.fixture
-def student(tmp_path: Path, tiny_datamodule) -> Path:
-    torch.manual_seed(0)
-    export_student(build(DENSE_SPEC), tmp_path / "student", student_spec=DENSE_SPEC, datamodule=tiny_datamodule,
-                   onnx=False)
-    return tmp_path / "student"
+def student(dense_export: Path) -> Path:
+    return dense_export
 
 
 @pytest.fixture
