@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from distill.data.image_preprocessing import ImagePreprocessing, three_channels
 from distill.errors import InputError
 
-__all__ = ["TOKENS_PER_FORWARD", "CorpusItem", "encode_texts", "load_image", "split_items", "tie_order", "tokenize", "tower_preprocessing"]
+__all__ = ["TOKENS_PER_FORWARD", "CorpusItem", "encode_texts", "length_sorted_forwards", "load_image", "split_items", "tie_order", "tokenize", "tower_preprocessing"]
 
 
 @dataclass(frozen=True)
@@ -102,28 +102,34 @@ def encode_texts(student: nn.Module, tokenizer: Any, texts: Sequence[str], side:
     """
     from distill.progress import progress as progress_bar
 
-    tokens_per_forward = TOKENS_PER_FORWARD
     encode = getattr(student, f"encode_{side}")
     with progress_bar(len(texts), f"encoding {side}", "texts", enabled=progress) as bar:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start:start + chunk_size]
             batch = tokenize(tokenizer, chunk, max_length)  # [n, L] right-padded to the chunk's longest
-            lengths = batch["attention_mask"].sum(1)
-            order = torch.argsort(lengths, descending=True, stable=True)
-            sorted_lengths = lengths[order].tolist()  # longest first
             encoded: Tensor | None = None
-            first = 0
-            while first < len(chunk):
-                longest = max(int(sorted_lengths[first]), 1)
-                rows = order[first:first + max(1, min(chunk_size, tokens_per_forward // longest))]
+            for rows, longest in length_sorted_forwards(batch["attention_mask"].sum(1), chunk_size):
                 with torch.inference_mode():
                     part = encode({key: value[rows, :longest] for key, value in batch.items()}).float().cpu()
                 if encoded is None:
                     encoded = torch.empty((len(chunk), *part.shape[1:]), dtype=torch.float32)
                 encoded[rows] = part
-                first += len(rows)
             yield encoded if encoded is not None else torch.zeros(0)
             bar.update(len(chunk))
+
+
+def length_sorted_forwards(lengths: Tensor, max_rows: int) -> Iterator[tuple[Tensor, int]]:
+    """A tokenised chunk's rows cut into forwards, longest texts first: yields ``(rows, longest)``, the row indices
+    of one forward (at most ``max_rows``, and at most :data:`TOKENS_PER_FORWARD` tokens as rows x ``longest``) and
+    the token count its inputs are cut to. ``lengths``: ``[n]`` tokens per row."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    first = 0
+    while first < len(order):
+        longest = max(int(sorted_lengths[first]), 1)
+        rows = order[first:first + max(1, min(max_rows, TOKENS_PER_FORWARD // longest))]
+        yield rows, longest
+        first += len(rows)
 
 
 def tower_preprocessing(spec: dict[str, Any], where: str) -> ImagePreprocessing:

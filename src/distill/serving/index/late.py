@@ -45,7 +45,7 @@ from distill.evaluation.late import TokenTable
 from distill.io import atomic_write_json, atomic_writer, read_json
 from distill.serving.index.backends import BackendSettings
 from distill.serving.index.checks import check_finite
-from distill.serving.index.corpus import TOKENS_PER_FORWARD, tokenize
+from distill.serving.index.corpus import length_sorted_forwards, tokenize
 from distill.students.late_interaction import TokenEmbeddings, late_scores
 
 TOKENS_NAME = "tokens.npy"
@@ -110,23 +110,16 @@ def encode_tokens(student: nn.Module, tokenizer: Any, texts: Sequence[str], side
     sorted by length and cut into forwards of at most :data:`~distill.serving.index.corpus.TOKENS_PER_FORWARD` tokens,
     as :func:`~distill.serving.index.corpus.encode_texts` cuts them, each padded to its own longest text (an item's
     tokens do not depend on the padding: it is masked)."""
-    tokens_per_forward = TOKENS_PER_FORWARD
     encode = getattr(student, f"encode_{side}")
     for start in range(0, len(texts), chunk_size):
         batch = tokenize(tokenizer, texts[start:start + chunk_size], max_length)
-        lengths = batch["attention_mask"].sum(1)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        parts: list[torch.Tensor | None] = [None] * len(order)
-        first = 0
-        while first < len(order):
-            longest = max(int(lengths[order[first]]), 1)
-            rows = order[first:first + max(1, min(chunk_size, tokens_per_forward // longest))]
+        parts: list[torch.Tensor | None] = [None] * len(batch["attention_mask"])
+        for rows, longest in length_sorted_forwards(batch["attention_mask"].sum(1), chunk_size):
             with torch.inference_mode():
                 encoded = encode({key: value[rows, :longest] for key, value in batch.items()})
             tokens, mask = encoded.tokens.float().cpu(), encoded.mask.cpu()
             for position, row in enumerate(rows.tolist()):
                 parts[row] = tokens[position][mask[position]]
-            first += len(rows)
         yield _table(parts)
 
 
