@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distill.losses import InfoNCE, LossInputs, infonce_loss, symmetric_infonce_loss
+from distill.losses import InfoNCE, LossInputs, infonce_loss, infonce_with_extras_loss, symmetric_infonce_loss
 
 
 def lse(*values: float) -> float:
@@ -60,3 +60,39 @@ def test_infonce_module_uses_similarity_and_scale() -> None:
     assert loss.item() == pytest.approx(symmetric_infonce_loss(sim, pos, log_scale.exp()).item())
     loss.backward()
     assert sim.grad is not None and log_scale.grad is not None
+
+
+def test_infonce_with_extras_hand_value_and_masked_extras() -> None:
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.float64)
+    extra = torch.tensor([[0.5, 0.3], [0.7, 0.4]], dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[True, False], [False, True]])
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    # a->b rows rank the batch and their valid extras; b->a columns see the batch only.
+    rows = (lse(9.0, 1.0, 5.0) - 9.0 + lse(2.0, 8.0, 4.0) - 8.0) / 2
+    cols = (lse(9.0, 2.0) - 9.0 + lse(1.0, 8.0) - 8.0) / 2
+    loss = infonce_with_extras_loss(sim, torch.eye(2, dtype=torch.bool), extra, valid, scale)
+    assert loss.item() == pytest.approx(0.5 * (rows + cols), abs=1e-12)
+    loss.backward()
+    assert extra.grad[0, 1] == 0 and extra.grad[1, 0] == 0  # masked extras take no part
+    assert extra.grad[0, 0] > 0 and extra.grad[1, 1] > 0  # a negative's score pushes the loss up
+    # No valid extra: the plain symmetric loss.
+    none = torch.zeros_like(valid)
+    plain = symmetric_infonce_loss(sim, torch.eye(2, dtype=torch.bool), scale)
+    assert infonce_with_extras_loss(sim, torch.eye(2, dtype=torch.bool), extra.detach(), none, scale).item() == \
+        pytest.approx(plain.item(), abs=1e-12)
+
+
+def test_infonce_hard_negatives_module_reads_the_extras_or_says_what_is_missing() -> None:
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    inputs = LossInputs(similarity=sim, positive_mask=torch.eye(2, dtype=torch.bool), logit_scale=torch.tensor(10.0),
+                        a2b=None, b2a=None)
+    module = InfoNCE(hard_negatives=True)
+    assert module.candidate_directions == ("a2b",) and InfoNCE().candidate_directions == ()
+    assert module.requires_teacher_scores is False and module.requires_teacher is False
+    with pytest.raises(ValueError, match=r"hard_negatives: true\) ranks the step's extra passages.*ListedNegatives"):
+        module(inputs)
+    inputs.extra_similarity, inputs.extra_valid = torch.tensor([[0.5], [0.7]]), torch.tensor([[True], [True]])
+    expected = infonce_with_extras_loss(sim, inputs.positive_mask, inputs.extra_similarity, inputs.extra_valid,
+                                        inputs.logit_scale)
+    assert module(inputs).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert module(inputs).item() > InfoNCE()(inputs).item()  # the extras only add negatives

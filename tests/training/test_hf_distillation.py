@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.data import BeirTextDataModule, PairedImageTextDataModule
-from distill.losses import CPRD, DCD, InfoNCE, MarginMSE
+from distill.losses import CPRD, DCD, InfoNCE, MarginMSE, infonce_with_extras_loss
 from distill.evaluation import QrelsEvaluator, RecallEvaluator
 from distill.students import CLIPDualEncoder, DualEncoder, TextDualEncoder, TimmImageTower, TransformersTextTower
 from distill.teachers import BlipITMTeacher, TextCrossEncoderTeacher, ViltRetrievalTeacher
@@ -121,6 +121,35 @@ def test_margin_mse_from_cached_teacher_scores(tmp_path: Path, tiny_models, beir
     with pytest.raises(ValueError, match="needs a teacher"):
         DistillationModule(student=TextDualEncoder(pretrained=str(tiny_models.bert)),
                            losses={"margin_mse": MarginMSE()})
+
+
+def test_infonce_over_listed_hard_negatives_needs_no_teacher(tmp_path: Path, tiny_models, beir_dir: Path) -> None:
+    """InfoNCE(hard_negatives) ranks each query against the batch's passages and every listed negative."""
+    module = DistillationModule(
+        student=TextDualEncoder(pretrained=str(tiny_models.bert)), teacher=None, candidates=ListedNegatives(),
+        evaluator=QrelsEvaluator(), losses={"infonce": InfoNCE(hard_negatives=True)},
+    )
+    assert module.directions == ["a2b"] and not module.needs_teacher_scores
+    data = _text_data(beir_dir, tiny_models, teacher_tokenizer=None, num_negatives=2)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.eval()  # no dropout: the hand computation below sees the same embeddings
+    inputs, stats = module.build_loss_inputs(batch)
+    assert inputs.a2b is None and stats["teacher_pairs"] == 0
+    with torch.no_grad():
+        a, b = module.student.encode_a(batch["a"]), module.student.encode_b(batch["b"])
+        negatives = module.student.encode_b(batch["b_neg"])  # [B * 2, D], each query's 2 listed negatives
+    assert inputs.extra_similarity.shape == (4, 8)
+    torch.testing.assert_close(inputs.extra_similarity.detach(), a @ negatives.T, atol=1e-5, rtol=0)
+    own = batch["b_neg_id"].reshape(-1).unsqueeze(0) == batch["b_id"].unsqueeze(1)
+    assert torch.equal(inputs.extra_valid, ~own)
+    positives = batch["b_id"].unsqueeze(1) == batch["b_id"].unsqueeze(0)
+    expected = infonce_with_extras_loss(a @ b.T, positives | torch.eye(4, dtype=torch.bool), a @ negatives.T, ~own,
+                                        module.student.logit_scale.detach())
+    assert module.losses["infonce"](inputs).item() == pytest.approx(expected.item(), abs=1e-4)
+    before = _snapshot(module.student)
+    _trainer(tmp_path, limit_val_batches=0).fit(module, datamodule=data)
+    assert _changed(before, module.student)
 
 
 def test_teacher_without_its_own_views_fails_clearly(tmp_path: Path, tiny_models, image_text_data,

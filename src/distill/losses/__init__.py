@@ -21,7 +21,7 @@ from .guards import (
     warn_if_collapsed,
     warn_if_scale_mismatch,
 )
-from .infonce import InfoNCE, infonce_loss, symmetric_infonce_loss
+from .infonce import InfoNCE, infonce_loss, infonce_with_extras_loss, symmetric_infonce_loss
 from .logit import LogitKL, MarginMSE, logit_kl_loss, margin_mse_loss
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "InfoNCE",
     "infonce_loss",
     "symmetric_infonce_loss",
+    "infonce_with_extras_loss",
     "CPRD",
     "cprd_loss",
     "cprd_valid_mask",

@@ -66,6 +66,9 @@ class LossInputs:
     b2a: DirectionScores | None
     student_embeddings: tuple[Tensor, Tensor] | None = None  # ([B, D], [B, D]) normalised (a, b)
     teacher_embeddings: tuple[Tensor, Tensor] | None = None  # ([B, Dt], [B, Dt]) or None
+    # The step's extra b items (listed negatives, cached candidates), scored against every a anchor:
+    extra_similarity: Tensor | None = None  # [B, E] student scores, differentiable; None when the step has none
+    extra_valid: Tensor | None = None  # [B, E] bool; False where the extra item is the anchor's own positive
 
 
 def as_float(t: Tensor) -> Tensor:
@@ -93,6 +96,8 @@ class DistillationLoss(nn.Module):
     requires_teacher: ClassVar[bool] = True
     requires_teacher_scores: ClassVar[bool] = True  # reads ``inputs.a2b`` / ``inputs.b2a``
     requires_teacher_embeddings: ClassVar[bool] = False
+    # Directions whose candidates (the step's extra items) the loss reads without their teacher scores.
+    candidate_directions: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

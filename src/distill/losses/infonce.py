@@ -15,7 +15,7 @@ from torch import Tensor
 from .base import DistillationLoss, LossInputs, as_float
 from .guards import check_finite, check_shape, check_same_shape
 
-__all__ = ["infonce_loss", "symmetric_infonce_loss", "InfoNCE"]
+__all__ = ["infonce_loss", "symmetric_infonce_loss", "infonce_with_extras_loss", "InfoNCE"]
 
 
 def infonce_loss(logits: Tensor, positive_mask: Tensor) -> Tensor:
@@ -57,18 +57,64 @@ def symmetric_infonce_loss(similarity: Tensor, positive_mask: Tensor, logit_scal
     return 0.5 * (infonce_loss(logits, positive_mask) + infonce_loss(logits.t(), positive_mask.t()))
 
 
-class InfoNCE(DistillationLoss):
-    """Symmetric multi-positive InfoNCE on the in-batch similarity matrix (no teacher).
+def infonce_with_extras_loss(similarity: Tensor, positive_mask: Tensor, extra_similarity: Tensor,
+                             extra_valid: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE whose a->b rows also hold the step's extra b items (hard negatives).
 
-    ``forward`` returns ``symmetric_infonce_loss(inputs.similarity, inputs.positive_mask,
-    inputs.logit_scale)``.
+    Shapes: ``similarity [B, B]``, ``positive_mask [B, B]``, ``extra_similarity [B, E]``, ``extra_valid [B, E]``
+    (bool), ``logit_scale []`` -> scalar. With ``s = logit_scale`` and ``X`` the extra columns (invalid ones left
+    out of the softmax, never positives):
+
+    ``L = 0.5 * ( infonce(s * [S | X], [P | 0]) + infonce(s * S^T, P^T) )``
+
+    The a->b term is sentence-transformers' ``MultipleNegativesRankingLoss`` over (anchor, positive, negatives):
+    each anchor is ranked against every positive of the batch and every listed negative, its own and the others'.
+    """
+    check_shape("similarity", similarity, (None, None))
+    check_same_shape(similarity=similarity, positive_mask=positive_mask)
+    check_shape("extra_similarity", extra_similarity, (similarity.shape[0], None))
+    check_same_shape(extra_similarity=extra_similarity, extra_valid=extra_valid)
+    check_finite("logit_scale", torch.as_tensor(logit_scale))
+    check_finite("extra_similarity", extra_similarity.masked_fill(~extra_valid.bool(), 0.0))
+    logits = logit_scale * as_float(similarity)
+    extra = (logit_scale * as_float(extra_similarity)).masked_fill(~extra_valid.bool(), float("-inf"))
+    rows = torch.cat([logits, extra], dim=1)
+    columns = torch.cat([positive_mask.bool(), torch.zeros_like(extra_valid, dtype=torch.bool)], dim=1)
+    check_finite("similarity", logits)
+    logp = torch.log_softmax(rows, dim=1)
+    counts = positive_mask.bool().sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("positive_mask has a row without a positive; every row needs one for InfoNCE")
+    a2b = (-torch.where(columns, logp, torch.zeros_like(logp)).sum(dim=1) / counts.to(logp.dtype)).mean()
+    return 0.5 * (a2b + infonce_loss(logits.t(), positive_mask.t()))
+
+
+class InfoNCE(DistillationLoss):
+    """Symmetric multi-positive InfoNCE (no teacher).
+
+    ``forward`` returns ``symmetric_infonce_loss(inputs.similarity, inputs.positive_mask, inputs.logit_scale)``:
+    in-batch negatives only. With ``hard_negatives`` the a->b rows also rank the step's extra b items, the
+    listed negatives of a training file (``ListedNegatives``) or cached candidates (``CachedCandidates``):
+    :func:`infonce_with_extras_loss`; their teacher scores are not needed, so no teacher runs for them.
     """
 
     requires_teacher_scores: ClassVar[bool] = False
     requires_teacher: ClassVar[bool] = False
 
-    def __init__(self) -> None:
+    def __init__(self, hard_negatives: bool = False) -> None:
         super().__init__()
+        self.hard_negatives = bool(hard_negatives)
+        self.candidate_directions = ("a2b",) if self.hard_negatives else ()
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        return symmetric_infonce_loss(inputs.similarity, inputs.positive_mask, inputs.logit_scale)
+        if not self.hard_negatives:
+            return symmetric_infonce_loss(inputs.similarity, inputs.positive_mask, inputs.logit_scale)
+        if inputs.extra_similarity is None or inputs.extra_valid is None:
+            raise ValueError("InfoNCE(hard_negatives: true) ranks the step's extra passages, but this step has none: "
+                             "use model.init_args.candidates that add them (ListedNegatives with "
+                             "data.init_args.num_negatives >= 1, or CachedCandidates), or set hard_negatives: false")
+        return infonce_with_extras_loss(inputs.similarity, inputs.positive_mask, inputs.extra_similarity,
+                                        inputs.extra_valid, inputs.logit_scale)
+
+    def extra_repr(self) -> str:
+        return f"hard_negatives={self.hard_negatives}"

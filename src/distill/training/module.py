@@ -52,13 +52,16 @@ def _view(batch: Mapping[str, Any], side: str) -> Inputs:
     return batch.get(f"teacher_{side}", batch[side])
 
 
-def loss_directions(losses: Mapping[str, nn.Module]) -> list[str]:
-    """The directions (``a2b``, ``b2a``) whose candidate scores some loss reads."""
+def loss_directions(losses: Mapping[str, nn.Module], teacher_scores_only: bool = False) -> list[str]:
+    """The directions (``a2b``, ``b2a``) whose candidates some loss reads: for their teacher scores, or (unless
+    ``teacher_scores_only``) for the student's scores alone (a loss's ``candidate_directions``)."""
     needed: set[str] = set()
     for loss in losses.values():
         if getattr(loss, "requires_teacher_scores", False):
             directions = getattr(loss, "directions", "both")
             needed.update(("a2b", "b2a") if directions == "both" else (directions,))
+        if not teacher_scores_only:
+            needed.update(getattr(loss, "candidate_directions", ()))
     return [d for d in ("a2b", "b2a") if d in needed]
 
 
@@ -127,6 +130,7 @@ class DistillationModule(L.LightningModule):
         self.losses = nn.ModuleDict(losses if losses is not None else {"infonce": InfoNCE()})
         self.loss_weights = self._check_weights(dict(loss_weights or {}))
         self.directions = loss_directions(self.losses)
+        self.scored_directions = loss_directions(self.losses, teacher_scores_only=True)
         self._check_losses()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -160,7 +164,7 @@ class DistillationModule(L.LightningModule):
 
     @property
     def needs_teacher_scores(self) -> bool:
-        return bool(self.directions)
+        return bool(self.scored_directions)
 
     @property
     def needs_teacher_embeddings(self) -> bool:
@@ -231,9 +235,10 @@ class DistillationModule(L.LightningModule):
 
     def build_loss_inputs(self, batch: Mapping[str, Any]) -> tuple[LossInputs, dict[str, float]]:
         step = self.encode_step(batch)
-        scores, stats = {}, {}
+        scores, stats, extra = {}, {}, None
         if self.directions:
-            scores, stats = candidate_scores(self.candidates, step, self.directions, self.scorer)
+            scores, stats, extra = candidate_scores(self.candidates, step, self.directions, self.scorer,
+                                                    self.scored_directions)
         for source in self.candidates:
             source.after_step(step)
         teacher_embeddings = None
@@ -245,9 +250,12 @@ class DistillationModule(L.LightningModule):
             (step.b.ids.unsqueeze(1) == step.b.ids.unsqueeze(0))
         pooled = isinstance(step.a.embeddings, Tensor)  # token embeddings have no pooled vector for a loss to read
         inputs = LossInputs(similarity=step.similarity, positive_mask=positives, logit_scale=self.student.logit_scale,
-                            a2b=scores.get("a2b"), b2a=scores.get("b2a"),
+                            a2b=scores.get("a2b") if "a2b" in self.scored_directions else None,
+                            b2a=scores.get("b2a") if "b2a" in self.scored_directions else None,
                             student_embeddings=(step.a.embeddings, step.b.embeddings) if pooled else None,
-                            teacher_embeddings=teacher_embeddings)
+                            teacher_embeddings=teacher_embeddings,
+                            extra_similarity=None if extra is None else extra[0],
+                            extra_valid=None if extra is None else extra[1])
         return inputs, stats
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:

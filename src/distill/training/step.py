@@ -100,25 +100,41 @@ def fill_teacher_scores(scorer: TeacherScorer, step: StepView, selected: dict[st
 
 
 def candidate_scores(sources: Sequence[CandidateSource], step: StepView, directions: Sequence[str],
-                     scorer: TeacherScorer | None) -> tuple[dict[str, DirectionScores], dict[str, float]]:
-    """The loss inputs of each needed direction (student and teacher scores of the candidates, validity),
-    and step statistics (distinct teacher pairs scored, source statistics)."""
+                     scorer: TeacherScorer | None, scored: Sequence[str] | None = None,
+                     ) -> tuple[dict[str, DirectionScores], dict[str, float], tuple[Tensor, Tensor] | None]:
+    """The loss inputs of each needed direction (student and teacher scores of the candidates, validity), step
+    statistics (distinct teacher pairs scored, source statistics) and the a->b extra columns.
+
+    ``scored`` lists the directions whose teacher scores a loss reads (default: all of ``directions``); the others'
+    candidates are selected for their student scores only, so the teacher never scores them (their teacher scores
+    are zeros). The extra columns are ``(scores [B, E], valid [B, E])``: every anchor's student scores of the
+    step's extra b items (listed negatives, cached candidates), valid where the item is not the anchor's own
+    positive; ``None`` without a2b candidates or extra items.
+    """
     selected = select_candidates(sources, step, directions)
+    scored = list(directions if scored is None else scored)
     stats: dict[str, float] = {}
     for candidates in selected.values():
         stats.update(candidates.stats)
-    unknown = any(bool((c.valid & torch.isnan(c.teacher)).any()) for c in selected.values())
+    to_score = {d: c for d, c in selected.items() if d in scored}
+    unknown = any(bool((c.valid & torch.isnan(c.teacher)).any()) for c in to_score.values())
     if unknown:
         if scorer is None:
             raise ValueError("the candidates need teacher scores, but model.init_args.teacher is not set: set a "
                              "teacher, or use candidates that carry their scores (CachedCandidates, "
                              "ListedNegatives(scores_from_data: true))")
-        stats["teacher_pairs"] = float(fill_teacher_scores(scorer, step, selected))
+        stats["teacher_pairs"] = float(fill_teacher_scores(scorer, step, to_score))
     else:
         stats["teacher_pairs"] = 0.0
     out: dict[str, DirectionScores] = {}
+    extra_columns = None
     for direction, candidates in selected.items():
-        student = _column_scores(step, direction, candidates).gather(1, candidates.index)
-        teacher = candidates.teacher.float().masked_fill(~candidates.valid, 0.0)
+        columns = _column_scores(step, direction, candidates)
+        student = columns.gather(1, candidates.index)
+        known = candidates.teacher if direction in scored else torch.zeros_like(candidates.teacher)
+        teacher = known.float().masked_fill(~candidates.valid, 0.0)
         out[direction] = DirectionScores(student, teacher, candidates.valid)
-    return out, stats
+        if direction == "a2b" and candidates.extra is not None:
+            extra_ids = candidates.extra.ids.to(step.b.ids.device)
+            extra_columns = (columns[:, step.size:], extra_ids.unsqueeze(0) != step.b.ids.unsqueeze(1))
+    return out, stats, extra_columns
