@@ -43,7 +43,7 @@ def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, ca
     data = write_code_beir(tmp_path / "beir")
     out = tmp_path / "study"
     markdown = tmp_path / "benchmarks.md"
-    argv = ["--data", str(data), "--out", str(out), "--quick", "--seeds", "0", "--rows", "kl", "--student", str(tiny_models.bert),
+    argv = ["--data", str(data), "--out", str(out), "--quick", "--seeds", "0", "--rows", "kl", "infonce-hn", "--student", str(tiny_models.bert),
             "--teacher-init", str(tiny_models.cross_encoder), "--max-length", "24", "--train-queries", "24",
             "--test-passages", "30", "--markdown", str(markdown)]
     real_text.main(argv)
@@ -54,10 +54,10 @@ def test_quick_study_fills_every_row_and_resumes(tmp_path: Path, tiny_models, ca
     names = [row.split(" | ")[0].lstrip("| ") for row in rows]
     assert names[:2] == ["BM25 (bm25s)", "zero-shot student (all-MiniLM-L6-v2)"]
     trained = [name for name in names if name.startswith(("InfoNCE", "+ "))]
-    assert trained == [real_text.ROWS[row][0] for row in ("infonce", "kl")]  # --rows kl: InfoNCE always runs
+    assert trained == [real_text.ROWS[row][0] for row in ("infonce", "infonce-hn", "kl")]  # InfoNCE always runs
     assert any(name.startswith("teacher re-ranks the") for name in names)
     assert any(name.startswith("teacher re-ranks BM25") for name in names)
-    assert len(rows) == 2 + 2 + 2
+    assert len(rows) == 2 + 3 + 2
     for row in rows:
         cells = row.strip("| ").split(" | ")[1:4]
         for value in cells:  # "mean ± sd" or a single value
