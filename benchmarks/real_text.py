@@ -512,6 +512,11 @@ def projected_sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user would type it)."""
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -576,7 +581,8 @@ def report(args: argparse.Namespace, done: dict[str, Any]) -> str:
         f"{args.rerank_depth} (its seed {seeds[0]}).",
         f"Wall time (2 CPU cores): {stage_times}; trained rows: per seed, fit and test.",
     ]
-    command = f"python benchmarks/real_text.py --data {args.data} --out {args.out}" + (" --quick" if args.quick else "")
+    command = f"python benchmarks/real_text.py --data {shown(args.data)} --out {shown(args.out)}" \
+        + (" --quick" if args.quick else "") + ("" if args.rows == DEFAULT_ROWS else " --rows " + " ".join(args.rows))
     return ("## Real text: code search, distilled vs. not\n\n" + f"Command: `{command}`\n\n" + "\n".join(lines)
             + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n")
 
