@@ -58,7 +58,8 @@ student's top 20 of the first 200 test queries to MRR@10 0.475 (the 600-step BCE
 alone: 0.607), so it is still no teacher for this student: docs/benchmarks.md, ``real-text``, lists every teacher
 tried.
 
-With the defaults and the code-search test split (2,333 passages) this projects to ~65 min.
+With the defaults and the code-search test split (2,333 passages) this projects to ~74 min; on a fresh clone, machine
+idle, it took 66.8 min (docs/benchmarks.md, `real-text`).
 The projected time of every stage is printed before anything runs (``--dry-run`` prints only that).
 """
 
