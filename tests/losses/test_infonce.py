@@ -96,3 +96,16 @@ def test_infonce_hard_negatives_module_reads_the_extras_or_says_what_is_missing(
                                         inputs.logit_scale)
     assert module(inputs).item() == pytest.approx(expected.item(), abs=1e-6)
     assert module(inputs).item() > InfoNCE()(inputs).item()  # the extras only add negatives
+
+
+def test_infonce_valid_mask_leaves_entries_out() -> None:
+    logits = torch.tensor([[1.0, 2.0, float("nan")], [0.5, -1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    positives = torch.tensor([[True, False, False], [False, False, True]])
+    valid = torch.tensor([[True, True, False], [True, False, True]])
+    expected = (lse(1.0, 2.0) - 1.0 + lse(0.5, 1.0) - 1.0) / 2
+    loss = infonce_loss(logits, positives, valid)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    loss.backward()
+    assert logits.grad[0, 2] == 0 and logits.grad[1, 1] == 0
+    with pytest.raises(ValueError, match="a positive must be valid"):
+        infonce_loss(logits.detach(), positives, torch.tensor([[False, True, True], [True, True, True]]))

@@ -12,26 +12,32 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import DistillationLoss, LossInputs, as_float
+from .base import DistillationLoss, LossInputs, as_float, masked_log_softmax
 from .guards import check_finite, check_shape, check_same_shape
 
 __all__ = ["infonce_loss", "symmetric_infonce_loss", "infonce_with_extras_loss", "InfoNCE"]
 
 
-def infonce_loss(logits: Tensor, positive_mask: Tensor) -> Tensor:
+def infonce_loss(logits: Tensor, positive_mask: Tensor, valid: Tensor | None = None) -> Tensor:
     """Multi-positive InfoNCE over the rows of ``logits``.
 
-    Shapes: ``logits [N, M]``, ``positive_mask [N, M]`` (bool) -> scalar.
+    Shapes: ``logits [N, M]``, ``positive_mask [N, M]`` (bool), optional ``valid [N, M]`` (bool) -> scalar.
 
     With ``P_i`` the positives of row ``i``:
     ``L = (1/N) sum_i -(1/|P_i|) sum_{j in P_i} log softmax(logits_i)_j``,
     i.e. the cross-entropy against a target that spreads its mass uniformly over the
-    row's positives. Every row needs at least one positive.
+    row's positives. Every row needs at least one positive. Entries where ``valid`` is False are left
+    out of the softmax (any value, zero gradient) and must not be positives.
     """
     check_shape("logits", logits, (None, None))
     check_same_shape(logits=logits, positive_mask=positive_mask)
-    check_finite("logits", logits)
     pos = positive_mask.bool()
+    if valid is not None:
+        check_same_shape(logits=logits, valid=valid)
+        valid = valid.bool()
+        if bool((pos & ~valid).any()):
+            raise ValueError("positive_mask marks an entry that valid leaves out; a positive must be valid")
+    check_finite("logits", logits if valid is None else logits.masked_fill(~valid, 0.0))
     counts = pos.sum(dim=1)
     if bool((counts == 0).any()):
         rows = torch.nonzero(counts == 0).flatten().tolist()
@@ -40,7 +46,7 @@ def infonce_loss(logits: Tensor, positive_mask: Tensor) -> Tensor:
             f"every row needs at least one positive for InfoNCE"
         )
     logits = as_float(logits)
-    logp = torch.log_softmax(logits, dim=1)
+    logp = torch.log_softmax(logits, dim=1) if valid is None else masked_log_softmax(logits, valid, dim=1)
     row_loss = -torch.where(pos, logp, torch.zeros_like(logp)).sum(dim=1) / counts.to(logp.dtype)
     return row_loss.mean()
 
@@ -75,18 +81,11 @@ def infonce_with_extras_loss(similarity: Tensor, positive_mask: Tensor, extra_si
     check_shape("extra_similarity", extra_similarity, (similarity.shape[0], None))
     check_same_shape(extra_similarity=extra_similarity, extra_valid=extra_valid)
     check_finite("logit_scale", torch.as_tensor(logit_scale))
-    check_finite("extra_similarity", extra_similarity.masked_fill(~extra_valid.bool(), 0.0))
     logits = logit_scale * as_float(similarity)
-    extra = (logit_scale * as_float(extra_similarity)).masked_fill(~extra_valid.bool(), float("-inf"))
-    rows = torch.cat([logits, extra], dim=1)
-    columns = torch.cat([positive_mask.bool(), torch.zeros_like(extra_valid, dtype=torch.bool)], dim=1)
-    check_finite("similarity", logits)
-    logp = torch.log_softmax(rows, dim=1)
-    counts = positive_mask.bool().sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("positive_mask has a row without a positive; every row needs one for InfoNCE")
-    a2b = (-torch.where(columns, logp, torch.zeros_like(logp)).sum(dim=1) / counts.to(logp.dtype)).mean()
-    return 0.5 * (a2b + infonce_loss(logits.t(), positive_mask.t()))
+    rows = torch.cat([logits, logit_scale * as_float(extra_similarity)], dim=1)
+    positives = torch.cat([positive_mask.bool(), torch.zeros_like(extra_valid, dtype=torch.bool)], dim=1)
+    valid = torch.cat([torch.ones_like(positive_mask, dtype=torch.bool), extra_valid.bool()], dim=1)
+    return 0.5 * (infonce_loss(rows, positives, valid) + infonce_loss(logits.t(), positive_mask.t()))
 
 
 class InfoNCE(DistillationLoss):

@@ -250,8 +250,7 @@ class DistillationModule(L.LightningModule):
             (step.b.ids.unsqueeze(1) == step.b.ids.unsqueeze(0))
         pooled = isinstance(step.a.embeddings, Tensor)  # token embeddings have no pooled vector for a loss to read
         inputs = LossInputs(similarity=step.similarity, positive_mask=positives, logit_scale=self.student.logit_scale,
-                            a2b=scores.get("a2b") if "a2b" in self.scored_directions else None,
-                            b2a=scores.get("b2a") if "b2a" in self.scored_directions else None,
+                            a2b=scores.get("a2b"), b2a=scores.get("b2a"),
                             student_embeddings=(step.a.embeddings, step.b.embeddings) if pooled else None,
                             teacher_embeddings=teacher_embeddings,
                             extra_similarity=None if extra is None else extra[0],

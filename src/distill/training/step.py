@@ -105,9 +105,9 @@ def candidate_scores(sources: Sequence[CandidateSource], step: StepView, directi
     """The loss inputs of each needed direction (student and teacher scores of the candidates, validity), step
     statistics (distinct teacher pairs scored, source statistics) and the a->b extra columns.
 
-    ``scored`` lists the directions whose teacher scores a loss reads (default: all of ``directions``); the others'
-    candidates are selected for their student scores only, so the teacher never scores them (their teacher scores
-    are zeros). The extra columns are ``(scores [B, E], valid [B, E])``: every anchor's student scores of the
+    ``scored`` lists the directions whose teacher scores a loss reads (default: all of ``directions``); only they
+    get loss inputs. The others' candidates are selected for their extra items alone, which the teacher never
+    scores. The extra columns are ``(scores [B, E], valid [B, E])``: every anchor's student scores of the
     step's extra b items (listed negatives, cached candidates), valid where the item is not the anchor's own
     positive; ``None`` without a2b candidates or extra items.
     """
@@ -130,10 +130,9 @@ def candidate_scores(sources: Sequence[CandidateSource], step: StepView, directi
     extra_columns = None
     for direction, candidates in selected.items():
         columns = _column_scores(step, direction, candidates)
-        student = columns.gather(1, candidates.index)
-        known = candidates.teacher if direction in scored else torch.zeros_like(candidates.teacher)
-        teacher = known.float().masked_fill(~candidates.valid, 0.0)
-        out[direction] = DirectionScores(student, teacher, candidates.valid)
+        if direction in scored:
+            teacher = candidates.teacher.float().masked_fill(~candidates.valid, 0.0)
+            out[direction] = DirectionScores(columns.gather(1, candidates.index), teacher, candidates.valid)
         if direction == "a2b" and candidates.extra is not None:
             extra_ids = candidates.extra.ids.to(step.b.ids.device)
             extra_columns = (columns[:, step.size:], extra_ids.unsqueeze(0) != step.b.ids.unsqueeze(1))
