@@ -384,8 +384,7 @@ def stage_teacher(args: argparse.Namespace) -> dict[str, Any]:
                           args.max_length + 32, start, args.out / "teacher-trainer", args.teacher_pooler)
     with atomic_folder(args.out / "teacher") as scratch:
         model.save_pretrained(str(scratch))
-    per_step = args.teacher_batch_size * (1 if args.teacher_loss == "bce" else teacher.pairs_per_query(
-        args.teacher_loss, args.teacher_negatives))
+    per_step = args.teacher_batch_size * teacher.pairs_per_query(args.teacher_loss, args.teacher_negatives)
     return {"steps": args.teacher_steps, "batch_size": args.teacher_batch_size, "loss": args.teacher_loss,
             "negatives_from": args.teacher_negatives_from, "pooler": args.teacher_pooler, "queries": len(rows),
             "training_pairs": len(rows) * (1 + args.teacher_negatives), "pairs_seen": args.teacher_steps * per_step,
@@ -482,8 +481,7 @@ def projection(args: argparse.Namespace, sizes: dict[str, int]) -> dict[str, flo
     cache_pairs = sizes["train_queries"] * (1 + 2 * CACHE_K)
     rerank = sizes["test_queries"] * args.rerank_depth / CE_PAIRS_PER_S
     rows = len(args.rows) * len(args.seeds) * (2 * STARTUP_S + args.steps * step + test_encode)
-    per_step = args.teacher_batch_size * (1 if args.teacher_loss == "bce" else
-                                          teacher.pairs_per_query(args.teacher_loss, args.teacher_negatives))
+    per_step = args.teacher_batch_size * teacher.pairs_per_query(args.teacher_loss, args.teacher_negatives)
     mine = STARTUP_S + args.teacher_queries / PASSAGES_PER_S if args.teacher_negatives_from == "student" else 5.0
     return {"data": 5.0, "bm25": 5.0, "teacher": mine + args.teacher_steps * per_step * CE_STEP_S_PER_PAIR,
             "teacher-bm25": 10 + rerank, "zero-shot": STARTUP_S + test_encode,

@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
 
     test = args.study / "data" / "test"
-    tq = {str(r["_id"]): r["text"] for r in rt.read_jsonl(test / "queries.jsonl")}
-    tp = {str(r["_id"]): r["text"] for r in rt.read_jsonl(test / "corpus.jsonl")}
+    tq, tp = tt.read_texts(test / "queries.jsonl"), tt.read_texts(test / "corpus.jsonl")
     qrels = rt.read_qrels(test / "qrels" / "test.tsv")
     cands = json.loads((args.study / "student-candidates.json").read_text(encoding="utf-8"))["infonce"]
     tqids = sorted(tq)
