@@ -209,6 +209,10 @@ CASES = [
     Case("fit-unknown-loss-class", fit("shapes-infonce.yaml",
                                        "--model.init_args.losses.infonce.class_path=distill.losses.NoSuchLoss"),
          r"NoSuchLoss"),
+    Case("fit-hard-negatives-without-extras", fit("shapes-infonce.yaml",
+                                                  "--model.init_args.losses.infonce.init_args.hard_negatives=true"),
+         r"InfoNCE\(hard_negatives: true\) ranks the step's extra passages, but this step has none: use "
+         r"model\.init_args\.candidates that add them"),
     Case("fit-zero-kl-temperature", fit("shapes-kl.yaml",
                                         "--model.init_args.losses.kl.init_args.student_temperature=0"),
          r"student_temperature must be a finite number > 0, got 0"),

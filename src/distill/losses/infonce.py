@@ -12,6 +12,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from distill.errors import RecipeError
+
 from .base import DistillationLoss, LossInputs, as_float, masked_log_softmax
 from .guards import check_finite, check_shape, check_same_shape
 
@@ -109,7 +111,7 @@ class InfoNCE(DistillationLoss):
         if not self.hard_negatives:
             return symmetric_infonce_loss(inputs.similarity, inputs.positive_mask, inputs.logit_scale)
         if inputs.extra_similarity is None or inputs.extra_valid is None:
-            raise ValueError("InfoNCE(hard_negatives: true) ranks the step's extra passages, but this step has none: "
+            raise RecipeError("InfoNCE(hard_negatives: true) ranks the step's extra passages, but this step has none: "
                              "use model.init_args.candidates that add them (ListedNegatives with "
                              "data.init_args.num_negatives >= 1, or CachedCandidates), or set hard_negatives: false")
         return infonce_with_extras_loss(inputs.similarity, inputs.positive_mask, inputs.extra_similarity,

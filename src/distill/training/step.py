@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from distill import distributed
+from distill.errors import RecipeError
 from distill.inputs import Inputs, concat_inputs
 from distill.losses import DirectionScores
 from distill.teachers.scoring import TeacherScorer
@@ -32,7 +33,7 @@ def select_candidates(sources: Sequence[CandidateSource], step: StepView, direct
         parts = [source.select(step, direction) for source in sources if direction in source.directions]
         if not parts:
             names = ", ".join(source.describe() for source in sources)
-            raise ValueError(f"a loss needs {direction} candidates, but model.init_args.candidates ({names}) supplies "
+            raise RecipeError(f"a loss needs {direction} candidates, but model.init_args.candidates ({names}) supplies "
                              f"none: add distill.training.candidates.InBatchNegatives or set the loss's directions")
         selected[direction] = combine(parts, step.size)
     return selected
